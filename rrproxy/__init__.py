@@ -1,0 +1,15 @@
+"""rrproxy: Node.js's cluster module for Python web apps.
+
+The public handler API::
+
+    from rrproxy import Request, Response
+
+    async def handler(request: Request) -> Response:
+        return Response(200, b"hi", {"content-type": "text/plain"})
+"""
+
+from .native import BodyTooLarge, Headers, Request, Response
+
+__version__ = "0.1.0"
+
+__all__ = ["BodyTooLarge", "Headers", "Request", "Response", "__version__"]

@@ -1,0 +1,81 @@
+"""Finding the user's app from "module:attribute" (run in the worker, never the front:
+the front stays free of user code, and every worker re-imports on reload)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class AppSpecError(ValueError):
+    """APP is not of the form module:attribute (checked by the CLI, no import)."""
+
+
+class AppLoadError(Exception):
+    """The module cannot be imported or the attribute is missing / not callable."""
+
+
+def parse_app_spec(spec: str) -> tuple[str, str]:
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr or ":" in attr:
+        raise AppSpecError(f"APP must be of the form module:attribute, got {spec!r}")
+    for part in [*module.split("."), *attr.split(".")]:
+        if not part.isidentifier():
+            raise AppSpecError(f"APP must be of the form module:attribute, got {spec!r}")
+    return module, attr
+
+
+def load_app(spec: str, app_dir: str = ".") -> Callable[..., Any]:
+    """Import and return the callable named by `spec`, or raise AppLoadError with a
+    one-line reason."""
+    module_name, attr = parse_app_spec(spec)
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        # Like uvicorn's --app-dir: `workers.hello:handler` is found from the
+        # directory rrproxy was started in.
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppLoadError(
+                f"cannot import module {module_name!r}: no module named {exc.name!r} "
+                f"(looked in {path} and the installed packages)"
+            ) from None
+        raise AppLoadError(
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    except BaseException as exc:  # the module's own code failed: say where
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        where = ""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if isinstance(exc, SyntaxError) and exc.filename:
+            where = f" ({exc.filename}, line {exc.lineno})"
+        elif tb is not None:
+            where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})"
+        raise AppLoadError(
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}{where}"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise AppLoadError(f"{spec!r} is not callable (it is {type(obj).__name__})")
+    return obj
+
+
+def is_coroutine_callable(obj: Any) -> bool:
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(obj, "__call__", None)  # noqa: B004
+    return call is not None and inspect.iscoroutinefunction(call)

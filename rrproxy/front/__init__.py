@@ -1,0 +1,1 @@
+"""The front process: owns the public port, supervises workers, hands out connections."""

@@ -1,0 +1,49 @@
+"""The `rr` accept loop: the front takes every connection from the public socket and
+gives it to the dispatcher. Accepting stops while the front already holds its limit
+of connections; new ones then wait in the kernel backlog, not in our fd table."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import trio
+
+from .dispatcher import Dispatcher
+
+log = logging.getLogger("rrproxy.front")
+
+_BATCH = 32
+#: Out of fds or memory: log, pause, retry (as trio's serve_listeners does).
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_RESOURCE_PAUSE = 0.1
+
+
+async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
+    listener.setblocking(False)
+    accept = listener.accept
+    submit = dispatcher.submit
+    while True:
+        if dispatcher.full:
+            await dispatcher.wait_for_room()
+        for _ in range(_BATCH):
+            try:
+                sock, _addr = accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                break
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    log.warning("accept failed: %s; pausing %.1f s", exc, _RESOURCE_PAUSE)
+                    await trio.sleep(_RESOURCE_PAUSE)
+                    break
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the client gave up before we got to it
+                raise
+            submit(sock)
+            if dispatcher.full:
+                break
+        else:
+            # A full batch: let the rest of the front (acks, signals) run.
+            await trio.lowlevel.checkpoint()

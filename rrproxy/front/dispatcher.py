@@ -1,0 +1,159 @@
+"""The front's connection handoff under `rr`: a bounded queue of accepted connections
+and the rule that a connection is the front's until a worker has it.
+
+Everything here is synchronous (sends never wait: a worker whose channel is full is
+passed over), so one accept costs one sendmsg and no task switch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import trio
+
+from ..ipc.channel import ChannelClosed
+from ..ipc.messages import NewConn
+from .policies import Policy
+from .workers import PendingConn, WorkerProcess, close_quietly
+
+log = logging.getLogger("rrproxy.front")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policy: Policy,
+        workers: Callable[[], Sequence[WorkerProcess]],
+        max_held: int,
+    ) -> None:
+        self.policy = policy
+        self._workers = workers
+        self.max_held = max_held
+        self.queue: deque[PendingConn] = deque()
+        #: Connections the front holds: queued plus handed-but-unanswered.
+        self.held = 0
+        self.handed_total = 0
+        self.rehanded_total = 0
+        self._ids = itertools.count(1)
+        self._room = trio.Event()
+        self._room.set()
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # --- intake --------------------------------------------------------------------
+
+    def submit(self, sock) -> None:
+        conn = PendingConn(next(self._ids), sock)
+        self.held += 1
+        self._update_events()
+        if self.queue or not self._hand(conn):
+            self.queue.append(conn)
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.max_held
+
+    async def wait_for_room(self) -> None:
+        while self.full:
+            await self._room.wait()
+
+    async def wait_queue_empty(self) -> None:
+        """Until every accepted connection has been handed to some worker."""
+        while self.queue:
+            await self._idle.wait()
+
+    # --- handing out ---------------------------------------------------------------
+
+    def _hand(self, conn: PendingConn) -> bool:
+        workers = self._workers()
+        for _ in range(len(workers) + 1):
+            worker = self.policy.choose(workers)
+            if worker is None:
+                return False
+            try:
+                sent = worker.channel.try_send(NewConn(conn.conn_id), conn.sock.fileno())
+            except ChannelClosed:
+                # Its end of the channel is gone: it is dying; its supervisor will
+                # see the exit. Meanwhile nobody hands it anything.
+                worker.channel.close()
+                continue
+            if sent:
+                worker.unacked[conn.conn_id] = conn
+                self.handed_total += 1
+                return True
+            worker.channel_full = True
+        return False
+
+    def pump(self) -> None:
+        """Hand queued connections out while some worker can take one."""
+        queue = self.queue
+        while queue:
+            if not self._hand(queue[0]):
+                break
+            queue.popleft()
+        self._update_events()
+
+    def _update_events(self) -> None:
+        if self.full:
+            if self._room.is_set():
+                self._room = trio.Event()
+        else:
+            self._room.set()
+        if self.queue:
+            if self._idle.is_set():
+                self._idle = trio.Event()
+        else:
+            self._idle.set()
+
+    # --- answers from workers ---------------------------------------------------------
+
+    def taken(self, worker: WorkerProcess, conn_id: int) -> None:
+        conn = worker.unacked.pop(conn_id, None)
+        worker.channel_full = False
+        if conn is None:
+            log.warning("worker %d answered for unknown connection %d", worker.slot, conn_id)
+            return
+        # The worker holds the connection now: our copy can go.
+        close_quietly(conn.sock)
+        self.held -= 1
+        if self.queue:
+            self.pump()
+        else:
+            self._update_events()
+
+    def rejected(self, worker: WorkerProcess, conn_id: int) -> None:
+        conn = worker.unacked.pop(conn_id, None)
+        worker.channel_full = False
+        if conn is None:
+            log.warning("worker %d rejected unknown connection %d", worker.slot, conn_id)
+            return
+        self.rehanded_total += 1
+        self.queue.appendleft(conn)
+        self.pump()
+
+    def reclaim(self, worker: WorkerProcess) -> None:
+        """The worker is gone. Node leaves connections handed to a dying worker in
+        limbo; we still hold them, and the worker never read from them, so they go
+        back to the head of the queue (in arrival order) for another worker."""
+        if not worker.unacked:
+            return
+        conns = sorted(worker.unacked.values(), key=lambda c: c.conn_id)
+        worker.unacked.clear()
+        self.rehanded_total += len(conns)
+        log.info(
+            "re-handing %d connection(s) that worker %d (pid %d) never read",
+            len(conns),
+            worker.slot,
+            worker.pid,
+        )
+        self.queue.extendleft(reversed(conns))
+        self.pump()
+
+    def close_all(self) -> None:
+        """At exit: whatever is still queued cannot be served any more."""
+        while self.queue:
+            close_quietly(self.queue.popleft().sock)
+        self.held = 0

@@ -1,0 +1,161 @@
+"""The front process: bind, boot workers, accept (under `rr`), handle signals, stop."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+import sys
+
+import trio
+
+from ..config import Config
+from .acceptor import accept_loop
+from .dispatcher import Dispatcher
+from .policies import RoundRobin
+from .supervisor import BootError, Supervisor
+
+log = logging.getLogger("rrproxy.front")
+
+
+class BindError(Exception):
+    """The public socket cannot be bound; rrproxy exits 2 with this message."""
+
+
+def bind(config: Config) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve --host {config.host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(config.backlog)
+    except OSError as exc:
+        sock.close()
+        where = f"{config.host}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(f"cannot bind {where}: address already in use") from None
+        if exc.errno == errno.EACCES:
+            raise BindError(
+                f"cannot bind {where}: permission denied (ports below 1024 need privileges)"
+            ) from None
+        raise BindError(f"cannot bind {where}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def announce(line: str) -> None:
+    print(line, flush=True)
+
+
+class Front:
+    def __init__(self, config: Config, listener: socket.socket) -> None:
+        self.config = config
+        self.listener = listener
+        self.dispatcher: Dispatcher | None = None
+        if config.policy == "rr":
+            self.dispatcher = Dispatcher(
+                RoundRobin(), lambda: self.supervisor.workers, config.max_pending
+            )
+        self.supervisor = Supervisor(config, listener, self.dispatcher, announce)
+        self._accept_scope = trio.CancelScope()
+        self._stopping = False
+        self.exit_code = 0
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals, nursery)
+            await nursery.start(self.supervisor.run)
+            announce(
+                f"rrproxy: listening on {_url(self.listener)} "
+                f"(policy {self.config.policy}, {self.config.workers} workers)"
+            )
+            if self.dispatcher is not None:
+                nursery.start_soon(self._accept)
+
+    async def _accept(self) -> None:
+        assert self.dispatcher is not None
+        with self._accept_scope:
+            await accept_loop(self.listener, self.dispatcher)
+
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self._stopping:
+                    self._stopping = True
+                    announce(
+                        f"rrproxy: {name}: shutting down gracefully "
+                        f"(up to {self.config.worker.graceful_timeout:g} s)"
+                    )
+                    nursery.start_soon(self._graceful_stop, nursery)
+                elif signum == signal.SIGINT:
+                    announce("rrproxy: second SIGINT: stopping now")
+                    self.supervisor.kill_all()
+                    self.exit_code = 1
+                    nursery.cancel_scope.cancel()
+                    return
+
+    async def _graceful_stop(self, nursery: trio.Nursery) -> None:
+        timeout = self.config.worker.graceful_timeout
+        # 1. No new connections: close the public socket.
+        self._accept_scope.cancel()
+        # 2. Every connection we already accepted goes to a worker before the
+        #    workers are told to stop (Stop follows those handoffs on each channel).
+        if self.dispatcher is not None:
+            with trio.move_on_after(timeout):
+                await self.dispatcher.wait_queue_empty()
+        trio.lowlevel.notify_closing(self.listener)
+        self.listener.close()
+        # 3. Workers drain: in-flight requests finish, idle connections close.
+        await self.supervisor.shutdown(timeout)
+        if self.dispatcher is not None:
+            self.dispatcher.close_all()
+        announce("rrproxy: stopped")
+        nursery.cancel_scope.cancel()
+
+
+def run(config: Config) -> int:
+    """Serve until stopped; the exit status for the CLI."""
+    listener = bind(config)
+    front = Front(config, listener)
+    try:
+        trio.run(front.run)
+    except BaseExceptionGroup as group:
+        boot = group.subgroup(BootError)
+        if boot is None:
+            raise
+        message = _first_leaf(boot)
+        print(f"rrproxy: error: {message}", file=sys.stderr, flush=True)
+        return 2
+    except BootError as exc:
+        print(f"rrproxy: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        try:
+            listener.close()
+        except OSError:
+            pass
+    return front.exit_code
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,107 @@
+"""The front's view of one worker process (one incarnation of a slot)."""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import trio
+
+from ..ipc.channel import WorkerChannel
+
+#: Handoffs a worker may leave unanswered before round-robin prefers others. A
+#: worker answers once it has read from a connection, so a blocked loop fills this.
+SOFT_WINDOW = 8
+#: Beyond this the worker gets nothing more until it answers.
+HARD_WINDOW = 1024
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(eq=False, slots=True)
+class PendingConn:
+    """A connection the front accepted and still holds: queued, or handed to a worker
+    that has not yet answered. Its socket is closed only once a worker holds it."""
+
+    conn_id: int
+    sock: socket.socket
+
+
+class WorkerProcess:
+    def __init__(self, slot: int, process: trio.Process, channel: WorkerChannel) -> None:
+        self.slot = slot
+        self.process = process
+        self.channel = channel
+        self.pid: int = process.pid
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.ready = trio.Event()
+        self.ever_ready = False
+        self.failure: str | None = None
+        self.unacked: dict[int, PendingConn] = {}
+        self.channel_full = False
+        self.connections_total = 0
+        self.connections_active = 0
+        self.requests_total = 0
+        self.last_heard = trio.current_time()
+
+    @property
+    def accepting(self) -> bool:
+        return (
+            self.state is WorkerState.READY
+            and not self.channel_full
+            and not self.channel.closed
+            and len(self.unacked) < HARD_WINDOW
+        )
+
+    @property
+    def has_room(self) -> bool:
+        return self.accepting and len(self.unacked) < SOFT_WINDOW
+
+    def kill(self) -> None:
+        """SIGKILL, tolerating a process that is already gone."""
+        if self.process.returncode is None:
+            try:
+                self.process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def describe_exit(self) -> str:
+        code = self.process.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit code {code}"
+
+    def __repr__(self) -> str:
+        return f"<worker {self.slot} pid {self.pid} {self.state.value}>"
+
+
+def close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

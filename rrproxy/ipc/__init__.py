@@ -1,0 +1,1 @@
+"""Front <-> worker channel: the message format (no I/O) and the socket glue."""

@@ -1,0 +1,189 @@
+"""WorkerChannel: one private SOCK_SEQPACKET socketpair per worker, messages from
+`messages.py`, file descriptors as SCM_RIGHTS, trio for waiting.
+
+The hot path never waits: sends and receives are first tried without blocking and
+trio is only asked to wait when the kernel says EAGAIN.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from collections import deque
+
+import trio
+
+from . import messages
+from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
+
+_FD_SIZE = array.array("i").itemsize
+#: Room for a few fds: a peer that sends more than one is a protocol error, but we
+#: still want to receive (and close) them rather than have the kernel truncate.
+_ANC_SIZE = socket.CMSG_SPACE(4 * _FD_SIZE)
+
+
+class ChannelClosed(Exception):
+    """The peer closed its end (or the socket broke)."""
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """A private, message-preserving channel. Neither end is inheritable until the
+    spawner passes the worker's end explicitly."""
+    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return front, worker
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class WorkerChannel:
+    """Both ends use this class: the front's end and the worker's end."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._buffer = bytearray(MAX_MESSAGE_SIZE + 1)
+        self._view = memoryview(self._buffer)
+        self._backlog: deque[tuple[bytes, int | None]] = deque()
+        self._flushing = False
+        self._burst = 0
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    # --- sending ---------------------------------------------------------------
+
+    def _send_raw(self, data: bytes, fd: int | None) -> bool:
+        """One nonblocking sendmsg; False on EAGAIN, ChannelClosed if broken."""
+        try:
+            if fd is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendmsg(
+                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+                )
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from None
+        return True
+
+    def try_send(self, message: Message, fd: int | None = None) -> bool:
+        """Send now or not at all: False when the peer's queue is full (the front
+        then offers the connection to another worker)."""
+        if self.closed:
+            raise ChannelClosed("channel closed")
+        if self._backlog:
+            return False
+        return self._send_raw(messages.encode(message), fd)
+
+    async def send(self, message: Message, fd: int | None = None) -> None:
+        """Send, waiting for room if needed. Messages keep their order: concurrent
+        senders queue behind the one that waits. The fd must stay open until the
+        send completes (callers keep it until the peer answers anyway)."""
+        if self.closed:
+            raise ChannelClosed("channel closed")
+        data = messages.encode(message)
+        if not self._backlog and self._send_raw(data, fd):
+            return
+        self._backlog.append((data, fd))
+        await self.flush()
+
+    def send_nowait(self, message: Message) -> bool:
+        """Send from synchronous code. If the peer's queue is full the message is
+        queued (order kept) and False is returned: the caller must then make sure
+        `flush()` runs, e.g. in its nursery."""
+        if self.closed:
+            raise ChannelClosed("channel closed")
+        data = messages.encode(message)
+        if not self._backlog and self._send_raw(data, None):
+            return True
+        self._backlog.append((data, None))
+        return False
+
+    async def flush(self) -> None:
+        """Send everything queued, waiting for room; concurrent callers return at
+        once and leave the work to the one already flushing."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._backlog:
+                data, fd = self._backlog[0]
+                if self._send_raw(data, fd):
+                    self._backlog.popleft()
+                else:
+                    await trio.lowlevel.wait_writable(self._sock)
+        finally:
+            self._flushing = False
+
+    # --- receiving -------------------------------------------------------------
+
+    def _receive_raw(self) -> tuple[Message, int | None] | None:
+        """One nonblocking recvmsg; None on EAGAIN."""
+        try:
+            nbytes, ancdata, flags, _ = self._sock.recvmsg_into([self._view], _ANC_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from None
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % _FD_SIZE
+                fds.extend(array.array("i", payload[:usable]))
+        if nbytes == 0 and not fds:
+            raise ChannelClosed("peer closed the channel")
+        if flags & socket.MSG_CTRUNC:
+            # The kernel dropped descriptors we had no room for: whatever arrived is
+            # incomplete, so close it all rather than leak or misuse it.
+            _close_fds(fds)
+            raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
+        if flags & socket.MSG_TRUNC or nbytes > MAX_MESSAGE_SIZE:
+            _close_fds(fds)
+            raise ProtocolError("message larger than the limit")
+        try:
+            message = messages.decode(bytes(self._view[:nbytes]))
+        except ProtocolError:
+            _close_fds(fds)
+            raise
+        expected = 1 if messages.carries_fd(message) else 0
+        if len(fds) != expected:
+            _close_fds(fds)
+            raise ProtocolError(
+                f"{type(message).__name__} arrived with {len(fds)} fds, expected {expected}"
+            )
+        return message, (fds[0] if fds else None)
+
+    async def receive(self) -> tuple[Message, int | None]:
+        """Next message and the fd it carries (the caller owns and must close it).
+        Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
+        while True:
+            if self.closed:
+                raise ChannelClosed("channel closed")
+            result = self._receive_raw()
+            if result is not None:
+                # No cancellable checkpoint here: a message (and its fd) that was
+                # received must reach the caller. Still yield now and then so a peer
+                # that floods us cannot starve the other tasks.
+                self._burst += 1
+                if self._burst >= 64:
+                    self._burst = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
+            self._burst = 0
+            await trio.lowlevel.wait_readable(self._sock)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()

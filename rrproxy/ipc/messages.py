@@ -1,0 +1,214 @@
+"""The front <-> worker message format, with no I/O (h11 style: bytes in, events out).
+
+Every message is one SOCK_SEQPACKET datagram: a one-byte tag, then either a fixed
+binary body (the per-connection hot path: handoff and its answer) or a JSON object
+(everything rare: hello, configure, stats, stop). A file descriptor travels beside
+a message as SCM_RIGHTS ancillary data; which messages carry one is fixed here.
+
+Decoding validates every field's type, so a worker that sends garbage is detected
+here and never reaches the supervisor's logic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+#: Bumped on any incompatible change; the front refuses a worker whose Hello differs.
+PROTOCOL_VERSION = 1
+
+#: Upper bound for one datagram. Big enough for stats and state values, far below
+#: the socket buffer, so a worker can never make the front allocate much.
+MAX_MESSAGE_SIZE = 256 * 1024
+
+
+class ProtocolError(Exception):
+    """A datagram that is not a valid message (unknown tag, bad body, wrong field type)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    TAG: ClassVar[int]
+
+
+# --- hot path: fixed binary bodies -------------------------------------------------
+
+_CONN_ID = struct.Struct("!BQ")
+
+
+@dataclass(frozen=True, slots=True)
+class NewConn(Message):
+    """front -> worker: here is a connection (fd attached); answer Taken or Rejected."""
+
+    TAG: ClassVar[int] = 1
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Taken(Message):
+    """worker -> front: the worker holds the connection and has read from it (or given
+    up on it), so the front may close its copy. Until then the front keeps the fd and
+    can re-hand the connection if the worker dies."""
+
+    TAG: ClassVar[int] = 2
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Message):
+    """worker -> front: the worker will not serve this connection (draining, at its
+    concurrency limit); the front hands it to another worker."""
+
+    TAG: ClassVar[int] = 3
+    conn_id: int
+
+
+_BINARY: dict[int, type[Message]] = {cls.TAG: cls for cls in (NewConn, Taken, Rejected)}
+
+
+# --- control: JSON bodies ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """worker -> front, first message: who I am and which protocol I speak."""
+
+    TAG: ClassVar[int] = 16
+    version: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Configure(Message):
+    """front -> worker, answer to Hello: everything the worker needs to serve. Under
+    the `none` policy the shared listening socket is attached."""
+
+    TAG: ClassVar[int] = 17
+    worker_id: int
+    config: dict
+    has_listener: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """worker -> front: the app is loaded and the worker serves connections."""
+
+    TAG: ClassVar[int] = 18
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Message):
+    """worker -> front: the worker cannot start (app import error...). `kind` is a
+    short machine-readable reason, `message` the one line shown to the user."""
+
+    TAG: ClassVar[int] = 19
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Message):
+    """worker -> front, periodic; doubles as the heartbeat, sent from the worker's
+    event loop so a blocked loop goes silent."""
+
+    TAG: ClassVar[int] = 20
+    connections_total: int
+    connections_active: int
+    requests_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Message):
+    """front -> worker: stop taking connections, finish in-flight requests (closing
+    idle keep-alive connections), then exit; give up after `timeout` seconds."""
+
+    TAG: ClassVar[int] = 21
+    timeout: float
+
+
+_JSON: dict[int, type[Message]] = {
+    cls.TAG: cls for cls in (Hello, Configure, Ready, Failed, Stats, Stop)
+}
+
+
+def carries_fd(message: Message) -> bool:
+    """Whether exactly one fd travels with this message as SCM_RIGHTS data."""
+    return isinstance(message, NewConn) or (isinstance(message, Configure) and message.has_listener)
+
+
+def encode(message: Message) -> bytes:
+    """Serialize one message to the bytes of one datagram."""
+    cls = type(message)
+    if cls in _BINARY_TYPES:
+        return _CONN_ID.pack(cls.TAG, message.conn_id)  # type: ignore[attr-defined]
+    body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    data = bytes([cls.TAG]) + json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ValueError(f"{cls.__name__} message of {len(data)} bytes exceeds the limit")
+    return data
+
+
+_BINARY_TYPES = frozenset(_BINARY.values())
+
+
+def decode(data: bytes) -> Message:
+    """Parse one datagram; raise ProtocolError for anything malformed."""
+    if not data:
+        raise ProtocolError("empty message")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit")
+    tag = data[0]
+    binary = _BINARY.get(tag)
+    if binary is not None:
+        if len(data) != _CONN_ID.size:
+            raise ProtocolError(f"{binary.__name__}: body of {len(data)} bytes")
+        return binary(_CONN_ID.unpack(data)[1])  # type: ignore[call-arg]
+    cls = _JSON.get(tag)
+    if cls is None:
+        raise ProtocolError(f"unknown message tag {tag}")
+    try:
+        body = json.loads(data[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{cls.__name__}: body is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{cls.__name__}: body is not an object")
+    return _from_fields(cls, body)
+
+
+def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in body:
+            if field.default is dataclasses.MISSING:
+                raise ProtocolError(f"{cls.__name__}: missing field {field.name!r}")
+            continue
+        value = body[field.name]
+        if not _type_ok(value, hints[field.name]):
+            raise ProtocolError(
+                f"{cls.__name__}: field {field.name!r} has type {type(value).__name__}"
+            )
+        kwargs[field.name] = value
+    unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ProtocolError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    base = origin or hint
+    return isinstance(value, base)

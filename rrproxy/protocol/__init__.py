@@ -1,0 +1,1 @@
+"""I/O-free protocol helpers (HTTP response building, dates, error pages)."""

@@ -1,0 +1,399 @@
+"""One HTTP/1.1 connection: the h11 loop around the user's handler.
+
+Keep-alive, pipelining (h11 buffers the next request; we answer in order), chunked
+and Content-Length bodies, HEAD, Expect: 100-continue, and the timeouts and limits
+that keep one client from holding a worker.
+
+The socket is driven directly (nonblocking calls, trio only waits on EAGAIN): one
+syscall per read and per response, no extra scheduling on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import h11
+import trio
+
+from ..native import (
+    BodyTooLarge,
+    Headers,
+    InvalidResponse,
+    Request,
+    Response,
+    coerce_response,
+)
+from ..protocol.http import (
+    declared_length,
+    encode_header_pairs,
+    error_body,
+    has_header,
+    http_date,
+)
+
+if TYPE_CHECKING:
+    from .server import WorkerServer
+
+log = logging.getLogger("rrproxy.worker")
+
+RECV_SIZE = 64 * 1024
+#: After this many requests served back to back without waiting, yield to the other
+#: tasks once: a pipelining client must not monopolise the worker's loop.
+_FAIRNESS_BURST = 16
+#: Bounds of the "lingering close" after an error response: read and discard what the
+#: client still sends, so closing does not turn into a RST that destroys our answer.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 1024 * 1024
+
+_H11_DONE = h11.DONE
+_NEED_DATA = h11.NEED_DATA
+
+
+class ClientDisconnected(Exception):
+    """The client went away while the handler was reading the body."""
+
+
+class HTTPConnection:
+    __slots__ = (
+        "_body_done",
+        "_body_limit",
+        "_body_received",
+        "_on_first_read",
+        "client",
+        "conn",
+        "idle_scope",
+        "requests",
+        "server",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        server: WorkerServer,
+        on_first_read: Callable[[], None] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        # Trap: a socket rebuilt from a received fd may not carry its protocol, and
+        # without TCP_NODELAY, Nagle plus delayed ACK adds ~40 ms per response.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a unix socket in tests): nothing to tune
+        self.sock = sock
+        self.server = server
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.config.max_header_size
+        )
+        self._on_first_read = on_first_read
+        self.idle_scope: trio.CancelScope | None = None
+        self.requests = 0
+        self._body_limit = server.config.max_body_size
+        self._body_received = 0
+        self._body_done = False
+        try:
+            peer = sock.getpeername()
+            self.client: tuple[str, int] | None = (peer[0], peer[1]) if peer else None
+        except (OSError, IndexError, TypeError):
+            self.client = None
+
+    # --- raw I/O -------------------------------------------------------------
+
+    async def _recv(self) -> bytes:
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError:  # reset by peer and friends: same as EOF for us
+                data = b""
+                break
+        if self._on_first_read is not None:
+            self._first_read_done()
+        return data
+
+    def _first_read_done(self) -> None:
+        callback, self._on_first_read = self._on_first_read, None
+        if callback is not None:
+            callback()
+
+    async def _sendall(self, data: bytes) -> None:
+        sock = self.sock
+        view: Any = data
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if sent == len(view):
+                return
+            view = memoryview(view)[sent:]
+
+    async def _receive_more(self) -> None:
+        self.conn.receive_data(await self._recv())
+
+    # --- the connection loop ---------------------------------------------------
+
+    async def run(self) -> None:
+        server = self.server
+        server.connection_opened(self)
+        try:
+            await self._serve()
+        except (OSError, ClientDisconnected):
+            pass  # the client went away; nothing to answer
+        finally:
+            server.connection_closed(self)
+            # A connection given up before its first read still owes the front an
+            # answer, or the front would hold its copy of the fd forever.
+            self._first_read_done()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    async def _serve(self) -> None:
+        config = self.server.config
+        burst = 0
+        while True:
+            event = await self._next_request(config)
+            if event is None:
+                return
+            self.requests += 1
+            if not await self._handle(event):
+                return
+            self.conn.start_next_cycle()
+            burst += 1
+            if burst >= _FAIRNESS_BURST:
+                burst = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _next_request(self, config: Any) -> h11.Request | None:
+        """Wait for the next request's head, enforcing the keep-alive and header
+        timeouts and answering protocol errors. None means: close quietly."""
+        conn = self.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(exc.error_status_hint)
+                return None
+            if event is _NEED_DATA:
+                idle = self.requests > 0 and not conn.trailing_data[0]
+                if idle and self.server.draining:
+                    return None
+                timeout = config.keep_alive if idle else config.header_timeout
+                with trio.move_on_after(timeout) as scope:
+                    if idle:
+                        self.idle_scope = scope
+                    try:
+                        await self._receive_more()
+                    finally:
+                        self.idle_scope = None
+                if scope.cancelled_caught:
+                    if idle or not conn.trailing_data[0]:
+                        return None  # idle keep-alive expired (or drained): just close
+                    await self._send_error(408)
+                    return None
+                continue
+            if type(event) is h11.Request:
+                return event
+            # ConnectionClosed, or anything unexpected between requests.
+            return None
+
+    # --- one request -------------------------------------------------------------
+
+    async def _handle(self, event: h11.Request) -> bool:
+        """Serve one request; True if the connection may carry another."""
+        server = self.server
+        server.requests_total += 1
+        length = declared_length(event.headers)
+        if length is not None and length > self._body_limit:
+            # Refused before reading a byte of it (and before the handler runs).
+            await self._send_error(413)
+            return False
+        self._body_received = 0
+        self._body_done = False
+        request = Request(
+            method=event.method.decode("ascii"),
+            target=event.target,
+            headers=Headers(event.headers),
+            client=self.client,
+            http_version=event.http_version.decode("ascii"),
+            worker_id=server.worker_id,
+            read_chunk=self._read_body_chunk,
+        )
+        try:
+            result = server.handler(request)
+            if server.handler_is_async or hasattr(result, "__await__"):
+                result = await result
+            response = coerce_response(result)
+        except BodyTooLarge:
+            await self._send_error(413)
+            return False
+        except ClientDisconnected:
+            raise
+        except InvalidResponse as exc:
+            log.error("%s %s: %s", request.method, request.path, exc)
+            response = self._internal_error(exc)
+        except Exception as exc:
+            log.exception("handler raised for %s %s", request.method, request.path)
+            response = self._internal_error(exc)
+        return await self._send_response(response, event.method == b"HEAD")
+
+    def _internal_error(self, exc: BaseException) -> Response:
+        body = error_body(500)
+        if self.server.config.debug:
+            import traceback
+
+            body += "".join(traceback.format_exception(exc)).encode("utf-8", "replace")
+        return Response(500, body, [("content-type", "text/plain; charset=utf-8")])
+
+    async def _read_body_chunk(self) -> bytes | None:
+        """Next piece of the current request's body, None at its end."""
+        if self._body_done:
+            return None
+        conn = self.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ClientDisconnected(str(exc)) from None
+            if event is _NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await self._sendall(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
+                with trio.move_on_after(self.server.config.header_timeout) as scope:
+                    await self._receive_more()
+                if scope.cancelled_caught:
+                    raise ClientDisconnected("timed out reading the request body")
+                continue
+            kind = type(event)
+            if kind is h11.Data:
+                self._body_received += len(event.data)
+                if self._body_received > self._body_limit:
+                    raise BodyTooLarge(self._body_limit)
+                return bytes(event.data)
+            if kind is h11.EndOfMessage:
+                self._body_done = True
+                return None
+            raise ClientDisconnected("connection closed before the body ended")
+
+    def _discard_buffered_body(self) -> None:
+        """The handler answered without reading the whole body: consume what is
+        already buffered (no I/O), so a small ignored body does not cost keep-alive."""
+        conn = self.conn
+        try:
+            while conn.their_state is h11.SEND_BODY:
+                event = conn.next_event()
+                if event is _NEED_DATA:
+                    return
+        except h11.RemoteProtocolError:
+            return
+
+    # --- responses -----------------------------------------------------------------
+
+    async def _send_response(self, response: Response, head: bool) -> bool:
+        conn = self.conn
+        server = self.server
+        body = response.body
+        headers = encode_header_pairs(response.headers)
+        streaming = not isinstance(body, bytes | str | bytearray)
+        if not streaming:
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            if conn.their_state is h11.SEND_BODY:
+                self._discard_buffered_body()
+            if not has_header(headers, b"content-length"):
+                headers.append((b"content-length", str(len(body)).encode("ascii")))
+        if server.draining or (not streaming and conn.their_state is not _H11_DONE):
+            headers.append((b"connection", b"close"))
+        headers.append((b"date", http_date()))
+        try:
+            head_bytes = conn.send(h11.Response(status_code=response.status, headers=headers))
+        except h11.LocalProtocolError as exc:
+            log.error("invalid response from the handler: %s", exc)
+            return await self._send_error(500)
+        if not streaming:
+            if body and not head:
+                data = head_bytes + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            else:
+                data = head_bytes + conn.send(h11.EndOfMessage())
+            await self._sendall(data)
+        else:
+            await self._sendall(head_bytes)
+            if not await self._stream_body(body, head):
+                return False
+        if conn.their_state is h11.SEND_BODY:
+            self._discard_buffered_body()
+        return conn.our_state is _H11_DONE and conn.their_state is _H11_DONE
+
+    async def _stream_body(self, body: Any, head: bool) -> bool:
+        conn = self.conn
+        try:
+            if not head:
+                async for chunk in body:
+                    if isinstance(chunk, str):
+                        chunk = chunk.encode("utf-8")
+                    if chunk:
+                        await self._sendall(conn.send(h11.Data(data=chunk)))
+        except (OSError, ClientDisconnected):
+            raise
+        except Exception:
+            # The head is out: the response cannot be turned into a 500 any more.
+            # Closing without the final chunk tells the client it is truncated.
+            log.exception("streaming response body raised; closing the connection")
+            return False
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._sendall(conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _send_error(self, status: int) -> bool:
+        """Answer an error the client caused (or we did) and close: False always."""
+        conn = self.conn
+        body = error_body(status)
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+            (b"date", http_date()),
+        ]
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                data = conn.send(h11.Response(status_code=status, headers=headers))
+                data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                # h11 is in ERROR (the request never parsed): write the bytes directly.
+                data = (
+                    f"HTTP/1.1 {status} \r\n".encode("ascii")
+                    + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+                    + b"\r\n"
+                    + body
+                )
+            await self._sendall(data)
+        await self._linger()
+        return False
+
+    async def _linger(self) -> None:
+        """Half-close, then read and discard for a moment before the close, so the
+        client reads our answer instead of a connection reset."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        received = 0
+        with trio.move_on_after(_LINGER_SECONDS):
+            while received < _LINGER_BYTES:
+                data = await self._recv()
+                if not data:
+                    return
+                received += len(data)

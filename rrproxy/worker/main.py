@@ -1,0 +1,203 @@
+"""Worker process entry: `python -m rrproxy.worker --fd N --slot K`.
+
+A fresh interpreter (never a fork of the trio front): it says Hello over its
+channel, receives its configuration, imports the app, reports Ready, then serves
+connections handed over by the front (or accepted from the shared socket) until the
+front says Stop or goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from ..appload import AppLoadError, is_coroutine_callable, load_app
+from ..config import WorkerConfig
+from ..ipc.channel import ChannelClosed, WorkerChannel
+from ..ipc.messages import (
+    PROTOCOL_VERSION,
+    Configure,
+    Failed,
+    Hello,
+    NewConn,
+    ProtocolError,
+    Ready,
+    Rejected,
+    Stats,
+    Stop,
+    Taken,
+)
+from ..logs import setup_logging
+from .server import WorkerServer
+
+log = logging.getLogger("rrproxy.worker")
+
+#: Exit status for "cannot boot" (same convention as gunicorn's WORKER_BOOT_ERROR).
+EXIT_BOOT_ERROR = 3
+
+
+class Worker:
+    """Owns the worker's channel, its server and the order of shutdown."""
+
+    def __init__(
+        self, channel: WorkerChannel, server: WorkerServer, listener: socket.socket | None
+    ) -> None:
+        self.channel = channel
+        self.server = server
+        self.listener = listener
+        self._stop = trio.Event()
+        self._stop_timeout = server.config.graceful_timeout
+        self._nursery: trio.Nursery | None = None
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        if timeout is not None:
+            self._stop_timeout = timeout
+        self._stop.set()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.server.serve)
+            nursery.start_soon(self._read_channel)
+            nursery.start_soon(self._report_stats)
+            nursery.start_soon(self._watch_signals)
+            accept_scope = trio.CancelScope()
+            if self.listener is not None:
+                nursery.start_soon(self._accept, accept_scope)
+            await self.channel.send(Ready())
+            await self._stop.wait()
+            # Stop taking new connections first (under `none` the shared socket's
+            # queue then belongs to the other workers), then drain what we have.
+            accept_scope.cancel()
+            if self.listener is not None:
+                trio.lowlevel.notify_closing(self.listener)
+                self.listener.close()
+            await self.server.drain(self._stop_timeout)
+            try:
+                self._send(self._stats())
+            except ChannelClosed:
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _accept(self, scope: trio.CancelScope) -> None:
+        assert self.listener is not None
+        with scope:
+            await self.server.accept_loop(self.listener)
+
+    def _stats(self) -> Stats:
+        server = self.server
+        return Stats(server.connections_total, server.connections_active, server.requests_total)
+
+    def _send(self, message: Taken | Rejected | Stats) -> None:
+        """Send from synchronous code; if the front's queue is full, flush later."""
+        if not self.channel.send_nowait(message) and self._nursery is not None:
+            self._nursery.start_soon(self.channel.flush)
+
+    async def _report_stats(self) -> None:
+        # Sent from the event loop on purpose: it is also the heartbeat, so a loop
+        # blocked by a handler falls silent and the front can tell.
+        interval = self.server.config.stats_interval
+        while True:
+            await trio.sleep(interval)
+            try:
+                self._send(self._stats())
+            except ChannelClosed:
+                return
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                log.info("SIGTERM: draining")
+                self.request_stop()
+
+    async def _read_channel(self) -> None:
+        channel = self.channel
+        server = self.server
+        while True:
+            try:
+                message, fd = await channel.receive()
+            except ChannelClosed:
+                # The front is gone: no orphans. Finish what we have and exit.
+                if not self._stop.is_set():
+                    log.warning("front process went away; draining and exiting")
+                self.request_stop()
+                return
+            except ProtocolError as exc:
+                log.error("invalid message from the front: %s", exc)
+                continue
+            if type(message) is NewConn:
+                assert fd is not None
+                conn_id = message.conn_id
+                if server.draining:
+                    os.close(fd)
+                    self._answer(Rejected(conn_id))
+                    continue
+                try:
+                    sock = socket.socket(fileno=fd)
+                except OSError as exc:
+                    log.error("received an unusable connection fd: %s", exc)
+                    os.close(fd)
+                    self._answer(Taken(conn_id))
+                    continue
+                server.start_connection(sock, self._ack(conn_id))
+            elif type(message) is Stop:
+                self.request_stop(message.timeout)
+            else:
+                if fd is not None:
+                    os.close(fd)
+                log.error("unexpected message from the front: %r", message)
+
+    def _ack(self, conn_id: int):
+        def ack() -> None:
+            self._answer(Taken(conn_id))
+
+        return ack
+
+    def _answer(self, message: Taken | Rejected) -> None:
+        try:
+            self._send(message)
+        except ChannelClosed:
+            pass
+
+
+async def _main(sock: socket.socket, slot: int) -> int:
+    channel = WorkerChannel(sock)
+    await channel.send(Hello(PROTOCOL_VERSION, os.getpid()))
+    message, fd = None, None
+    with trio.move_on_after(60):
+        message, fd = await channel.receive()
+    if not isinstance(message, Configure):
+        print(f"rrproxy worker {slot}: expected Configure, got {message!r}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    config = WorkerConfig.from_dict(message.config)
+    setup_logging(config.log_level, f"worker {message.worker_id} pid {os.getpid()}")
+    listener = socket.socket(fileno=fd) if fd is not None else None
+    try:
+        handler = load_app(config.app, config.app_dir)
+    except AppLoadError as exc:
+        await channel.send(Failed("app", str(exc)))
+        return EXIT_BOOT_ERROR
+    server = WorkerServer(config, message.worker_id, handler, is_coroutine_callable(handler))
+    await Worker(channel, server, listener).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rrproxy-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--slot", type=int, required=True)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group; the front decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        code = trio.run(_main, sock, args.slot)
+    except ChannelClosed:
+        code = EXIT_BOOT_ERROR  # the front went away before we were configured
+    sys.exit(code)

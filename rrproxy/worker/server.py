@@ -1,0 +1,115 @@
+"""WorkerServer: the worker's connections, counters and drain, independent of where
+connections come from (handed over by the front, or accepted from a shared socket)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..config import WorkerConfig
+from .http import HTTPConnection
+
+log = logging.getLogger("rrproxy.worker")
+
+_ACCEPT_BATCH = 16
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        worker_id: int,
+        handler: Callable[..., Any],
+        handler_is_async: bool,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.handler = handler
+        self.handler_is_async = handler_is_async
+        self.draining = False
+        self.connections: set[HTTPConnection] = set()
+        self.connections_total = 0
+        self.requests_total = 0
+        self._nursery: trio.Nursery | None = None
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    @property
+    def connections_active(self) -> int:
+        return len(self.connections)
+
+    # --- connection bookkeeping (called by HTTPConnection) ----------------------
+
+    def connection_opened(self, connection: HTTPConnection) -> None:
+        self.connections.add(connection)
+        self.connections_total += 1
+        if self._all_closed.is_set():
+            self._all_closed = trio.Event()
+
+    def connection_closed(self, connection: HTTPConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._all_closed.set()
+
+    # --- serving ----------------------------------------------------------------
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connection nursery until every connection has ended."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start_connection(
+        self, sock: socket.socket, on_first_read: Callable[[], None] | None = None
+    ) -> None:
+        assert self._nursery is not None
+        connection = HTTPConnection(sock, self, on_first_read)
+        self._nursery.start_soon(connection.run)
+
+    async def accept_loop(self, listener: socket.socket) -> None:
+        """SCHED_NONE: accept from the shared listening socket. Every worker waits on
+        it, and trio's epoll wakes them all (EPOLLONESHOT, not EPOLLEXCLUSIVE); the
+        losers see EAGAIN and go back to waiting."""
+        listener.setblocking(False)
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except trio.ClosedResourceError:
+                return
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    sock, _addr = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _RESOURCE_ERRNOS:
+                        log.warning("accept failed (%s); pausing 100 ms", exc)
+                        await trio.sleep(0.1)
+                        break
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                        continue
+                    raise
+                self.start_connection(sock)
+            await trio.lowlevel.checkpoint()
+
+    async def drain(self, timeout: float) -> None:
+        """Finish in-flight requests (their responses say Connection: close), close
+        idle keep-alive connections, and return when none is left or at `timeout`."""
+        self.draining = True
+        for connection in list(self.connections):
+            if connection.idle_scope is not None:
+                connection.idle_scope.cancel()
+        with trio.move_on_after(timeout):
+            await self._all_closed.wait()
+        if self.connections:
+            log.warning(
+                "graceful timeout: closing %d connection(s) still open",
+                len(self.connections),
+            )
