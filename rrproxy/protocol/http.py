@@ -47,12 +47,13 @@ def declared_length(pairs: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def reason(status: int) -> bytes:
+    """The standard reason phrase (empty for a code HTTP does not name)."""
+    return _REASONS.get(status, b"")
 
 
 def error_body(status: int) -> bytes:
-    return f"{status} {reason(status)}\n".encode("ascii", "replace")
+    return b"%d %s\n" % (status, reason(status))

@@ -32,6 +32,7 @@ from ..protocol.http import (
     error_body,
     has_header,
     http_date,
+    reason,
 )
 
 if TYPE_CHECKING:
@@ -316,7 +317,10 @@ class HTTPConnection:
             headers.append((b"connection", b"close"))
         headers.append((b"date", http_date()))
         try:
-            head_bytes = conn.send(h11.Response(status_code=response.status, headers=headers))
+            status = response.status
+            head_bytes = conn.send(
+                h11.Response(status_code=status, headers=headers, reason=reason(status))
+            )
         except h11.LocalProtocolError as exc:
             log.error("invalid response from the handler: %s", exc)
             return await self._send_error(500)
@@ -369,12 +373,14 @@ class HTTPConnection:
         ]
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                data = conn.send(h11.Response(status_code=status, headers=headers))
+                data = conn.send(
+                    h11.Response(status_code=status, headers=headers, reason=reason(status))
+                )
                 data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
             except h11.LocalProtocolError:
                 # h11 is in ERROR (the request never parsed): write the bytes directly.
                 data = (
-                    f"HTTP/1.1 {status} \r\n".encode("ascii")
+                    b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
                     + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
                     + b"\r\n"
                     + body

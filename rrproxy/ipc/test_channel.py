@@ -1,0 +1,127 @@
+"""The channel over a real socketpair (cheap, so no mock): fds travel, order holds,
+garbage and truncation are detected and every received fd is closed."""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+
+import pytest
+import trio
+
+from .channel import ChannelClosed, WorkerChannel, socketpair
+from .messages import Hello, NewConn, ProtocolError, Stats, Taken, encode
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_message_and_fd_round_trip():
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    left, right = socket.socketpair()
+    assert front.try_send(NewConn(42), left.fileno())
+    message, fd = await worker.receive()
+    assert message == NewConn(42)
+    assert fd is not None and fd != left.fileno()
+    with socket.socket(fileno=fd) as received:
+        received.sendall(b"through the passed fd")
+        assert right.recv(100) == b"through the passed fd"
+    for s in (left, right):
+        s.close()
+    front.close()
+    worker.close()
+
+
+async def test_order_is_kept_when_the_peer_is_slow():
+    a, b = socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    received: list[int] = []
+
+    async def reader():
+        while len(received) < 2000:
+            message, _ = await worker.receive()
+            received.append(message.conn_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for i in range(2000):
+            await front.send(Taken(i))
+    assert received == list(range(2000))
+    front.close()
+    worker.close()
+
+
+async def test_send_nowait_queues_in_order_when_full():
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    results = [front.send_nowait(Taken(i)) for i in range(5000)]
+    assert False in results  # the socket filled up at some point
+    assert not front.try_send(Taken(99999))  # no overtaking the queue
+    got = []
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(front.flush)
+        while len(got) < 5000:
+            message, _ = await worker.receive()
+            got.append(message.conn_id)
+    assert got == list(range(5000))
+    front.close()
+    worker.close()
+
+
+async def test_eof_is_channel_closed():
+    a, b = socketpair()
+    worker = WorkerChannel(b)
+    a.close()
+    with pytest.raises(ChannelClosed):
+        await worker.receive()
+    with pytest.raises(ChannelClosed):
+        worker.try_send(Taken(1))
+    worker.close()
+
+
+async def test_garbage_and_unexpected_fds_are_rejected_and_closed():
+    a, b = socketpair()
+    worker = WorkerChannel(b)
+    a.send(b"\xfe garbage")
+    with pytest.raises(ProtocolError, match="unknown message tag"):
+        await worker.receive()
+    # A message that must not carry an fd, with one: refused, and the fd closed.
+    before = _open_fds()
+    extra_a, extra_b = socket.socketpair()
+    a.sendmsg([encode(Stats(1, 1, 1))],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [extra_a.fileno()]))])
+    with pytest.raises(ProtocolError, match="arrived with 1 fds"):
+        await worker.receive()
+    assert _open_fds() == before + 2  # just extra_a/extra_b: the received copy is gone
+    # NewConn without its fd.
+    a.send(encode(NewConn(3)))
+    with pytest.raises(ProtocolError, match="arrived with 0 fds"):
+        await worker.receive()
+    # The channel still works afterwards.
+    a.send(encode(Hello(1, 2)))
+    assert (await worker.receive())[0] == Hello(1, 2)
+    for s in (a, extra_a, extra_b):
+        s.close()
+    worker.close()
+
+
+async def test_too_many_fds_is_ctrunc_and_nothing_leaks():
+    a, b = socketpair()
+    worker = WorkerChannel(b)
+    pairs = [socket.socketpair() for _ in range(40)]
+    fds = array.array("i", [p[0].fileno() for p in pairs])
+    before = _open_fds()
+    a.sendmsg([encode(NewConn(1))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    with pytest.raises(ProtocolError, match="MSG_CTRUNC"):
+        await worker.receive()
+    assert _open_fds() == before
+    for pair in pairs:
+        for s in pair:
+            s.close()
+    a.close()
+    worker.close()

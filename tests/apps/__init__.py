@@ -1,0 +1,1 @@
+"""Apps the end-to-end tests run under rrproxy (imported as tests.apps.X:handler)."""

@@ -1,0 +1,77 @@
+"""A test app that says which worker served it and can misbehave on request."""
+
+from __future__ import annotations
+
+import os
+import time
+from urllib.parse import parse_qs
+
+import trio
+
+from rrproxy import Request, Response
+
+
+def _arg(request: Request, name: str, default: str) -> str:
+    return parse_qs(request.query).get(name, [default])[0]
+
+
+def _who(request: Request) -> list[tuple[str, str]]:
+    return [("x-worker-id", str(request.worker_id)), ("x-worker-pid", str(os.getpid()))]
+
+
+async def handler(request: Request) -> Response | str | dict | int:
+    path = request.path
+    if path == "/":
+        return Response(200, f"worker={request.worker_id} pid={os.getpid()}\n", _who(request))
+    if path == "/echo":
+        body = await request.body()
+        headers = [*_who(request), ("x-body-length", str(len(body)))]
+        return Response(200, body, headers)
+    if path == "/stream":
+        count = int(_arg(request, "n", "3"))
+
+        async def chunks():
+            for i in range(count):
+                yield f"chunk {i}\n"
+                await trio.sleep(0)
+
+        return Response(200, chunks(), _who(request))
+    if path == "/stream-raise":
+
+        async def broken():
+            yield b"first chunk\n"
+            raise RuntimeError("stream broke")
+
+        return Response(200, broken(), _who(request))
+    if path == "/raise":
+        raise RuntimeError("the handler failed on purpose")
+    if path == "/bad":
+        return 42
+    if path == "/slow":
+        await trio.sleep(float(_arg(request, "s", "1")))
+        return Response(200, b"slow done\n", _who(request))
+    if path == "/block":
+        # Blocks the worker's event loop, like a CPU-bound or sync-I/O handler.
+        time.sleep(float(_arg(request, "s", "1")))
+        return Response(200, b"block done\n", _who(request))
+    if path == "/json":
+        return {"worker": request.worker_id, "method": request.method}
+    if path == "/text":
+        return "plain text"
+    if path == "/headers":
+        return {
+            "accept": request.headers.get("ACCEPT"),
+            "x-multi": request.headers.getall("x-multi"),
+            "client": list(request.client) if request.client else None,
+            "http_version": request.http_version,
+            "query": request.query,
+        }
+    return Response(404, b"not found\n", _who(request))
+
+
+def sync_handler(request: Request) -> str:
+    """A plain `def` handler: runs on the worker's thread."""
+    return f"sync worker={request.worker_id}"
+
+
+not_callable = 42

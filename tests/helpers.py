@@ -1,0 +1,224 @@
+"""Start rrproxy as a real subprocess on a free loopback port and talk HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = "tests.apps.probe:handler"
+
+_LISTENING = re.compile(r"rrproxy: listening on http://(?P<host>[^ ]+):(?P<port>\d+) ")
+_READY = re.compile(r"rrproxy: worker (?P<slot>\d+) ready \(pid (?P<pid>\d+)\)")
+
+
+class RRProxy:
+    """One rrproxy process. Output is collected by threads (no pipe can fill up)."""
+
+    def __init__(self, *args: str, workers: int = 2, cwd: Path = REPO) -> None:
+        self.argv = [sys.executable, "-m", "rrproxy", "--port", "0", "--workers",
+                     str(workers), *args]
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.host = "127.0.0.1"
+        self.pids: dict[int, int] = {}
+
+    def start(self, timeout: float = 30.0) -> RRProxy:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env, start_new_session=True,
+        )
+        for stream in (self.proc.stdout, self.proc.stderr):
+            threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+        match = self.wait_for(_LISTENING, timeout)
+        self.host = match["host"].strip("[]")
+        self.port = int(match["port"])
+        for line in self.output().splitlines():
+            ready = _READY.search(line)
+            if ready:
+                self.pids[int(ready["slot"])] = int(ready["pid"])
+        return self
+
+    def _pump(self, stream) -> None:  # noqa: ANN001
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 20.0) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                match = regex.search("".join(self.lines))
+                if match:
+                    return match
+                remaining = deadline - time.monotonic()
+                assert self.proc is not None
+                if remaining <= 0 or (self.proc.poll() is not None and not match):
+                    if self.proc.poll() is not None:
+                        self._cond.wait(0.2)  # let the pumps finish
+                        match = regex.search("".join(self.lines))
+                        if match:
+                            return match
+                    raise AssertionError(
+                        f"{regex.pattern!r} not seen in rrproxy output:\n{''.join(self.lines)}"
+                    )
+                self._cond.wait(min(remaining, 0.2))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop at test end, whatever state the server is in."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> RRProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self.proc is not None:
+            # Never leave workers behind, even if the front misbehaved.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run rrproxy to completion (for the error cases)."""
+    return subprocess.run(
+        [sys.executable, "-m", "rrproxy", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+# --- a tiny blocking HTTP/1.1 client over a raw socket, for exact control -------------
+
+
+class RawClient:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    def read_response(self, head_request: bool = False) -> Response:
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError(f"closed before a full head: {self.buffer!r}")
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        hmap = dict(headers)
+        body = b""
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            pass
+        elif hmap.get("transfer-encoding") == "chunked":
+            while True:
+                while b"\r\n" not in self.buffer:
+                    if not self._fill():
+                        raise ConnectionError("closed inside a chunked body")
+                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buffer) < size + 2:
+                    if not self._fill():
+                        raise ConnectionError("closed inside a chunk")
+                body += self.buffer[:size]
+                self.buffer = self.buffer[size + 2 :]
+                if size == 0:
+                    break
+        elif "content-length" in hmap:
+            length = int(hmap["content-length"])
+            while len(self.buffer) < length:
+                if not self._fill():
+                    raise ConnectionError("closed inside a body")
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+        else:
+            while self._fill():
+                pass
+            body, self.buffer = self.buffer, b""
+        return Response(status, headers, body)
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """True if the server closed the connection (nothing more arrives)."""
+        self.sock.settimeout(timeout)
+        try:
+            return not self.buffer and self.sock.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Response:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers} {self.body[:80]!r}>"
+
+
+def get(port: int, path: str = "/", headers: str = "", host: str = "127.0.0.1") -> Response:
+    """One request on a new connection (Connection: close)."""
+    client = RawClient(port, host)
+    try:
+        client.send(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()
+        )
+        return client.read_response()
+    finally:
+        client.close()
