@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        default=None,
-        help=f"worker processes (default: number of CPUs, here {default_workers()})",
+        default=default_workers(),
+        help="worker processes (default: the number of CPUs this process may use)",
     )
     parser.add_argument(
         "--policy",
@@ -73,12 +73,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         log_level=args.log_level,
         graceful_timeout=args.graceful_timeout,
     )
-    workers = default_workers() if args.workers is None else args.workers
     return Config(
         worker=worker,
         host=args.host,
         port=args.port,
-        workers=workers,
+        workers=args.workers,
         backlog=args.backlog,
     )
 

@@ -79,6 +79,11 @@ class Worker:
                 trio.lowlevel.notify_closing(self.listener)
                 self.listener.close()
             await self.server.drain(self._stop_timeout)
+            log.info(
+                "stopped after %d connections, %d requests",
+                self.server.connections_total,
+                self.server.requests_total,
+            )
             try:
                 self._send(self._stats())
             except ChannelClosed:
