@@ -8,7 +8,15 @@ from typing import NoReturn
 
 from . import __version__
 from .appload import AppSpecError, parse_app_spec
-from .config import POLICIES, Config, ConfigError, WorkerConfig, default_workers
+from .config import (
+    POLICIES,
+    Config,
+    ConfigError,
+    WorkerConfig,
+    default_workers,
+    parse_size,
+)
+from .fdlimit import raise_fd_limit
 from .logs import LEVELS, setup_logging
 
 
@@ -57,6 +65,72 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on shutdown, time in-flight requests get to finish before workers are killed",
     )
+    limits = parser.add_argument_group(
+        "limits", "what one client may cost; see 'Limits and errors' in the README"
+    )
+    limits.add_argument(
+        "--max-header-size",
+        type=_size,
+        default="16K",
+        metavar="SIZE",
+        help="request line + headers larger than this: 431 and close",
+    )
+    limits.add_argument(
+        "--max-body-size",
+        type=_size,
+        default="1M",
+        metavar="SIZE",
+        help="request body larger than this: 413 (a larger Content-Length is refused unread)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="headers (or the next piece of a body) not received within this: 408 and close",
+    )
+    limits.add_argument(
+        "--keep-alive",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle keep-alive connections are closed after this",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that takes no response bytes for this long is disconnected",
+    )
+    limits.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="per worker: a connection above N open ones gets 503 at once "
+        "(under rr the front prefers workers below N)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="open connections in all; above it new ones wait in the kernel backlog",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a worker whose event loop sends no heartbeat for this long is killed and "
+        "replaced (0: never)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks in 500 responses (never in production)",
+    )
     parser.add_argument("--log-level", choices=LEVELS, default="info", help="log verbosity")
     parser.add_argument(
         "--app-dir", default=".", help="directory put first on sys.path to import APP"
@@ -65,13 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
+    workers = max(args.workers, 1)
     worker = WorkerConfig(
         app=args.app,
         app_dir=args.app_dir,
         policy=args.policy,
         log_level=args.log_level,
         graceful_timeout=args.graceful_timeout,
+        keep_alive=args.keep_alive,
+        header_timeout=args.header_timeout,
+        max_header_size=args.max_header_size,
+        max_body_size=args.max_body_size,
+        send_timeout=args.send_timeout,
+        limit_concurrency=args.limit_concurrency,
+        # Under `none` nobody sees the total: each worker keeps to its share.
+        max_connections=-(-args.max_connections // workers),
+        debug=args.debug,
     )
     return Config(
         worker=worker,
@@ -79,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         workers=args.workers,
         backlog=args.backlog,
+        max_connections=args.max_connections,
+        timeout=args.timeout,
     )
 
 
@@ -92,6 +185,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except (AppSpecError, ConfigError) as exc:
         parser.error(str(exc))
     setup_logging(config.worker.log_level, "front")
+    raise_fd_limit()
     from .front.main import BindError, run  # trio is imported only to serve
 
     try:

@@ -34,6 +34,12 @@ class WorkerConfig:
     header_timeout: float = 10.0
     max_header_size: int = 16 * 1024
     max_body_size: int = 1024 * 1024
+    send_timeout: float = 30.0
+    #: Per worker: above this many open connections a new one is answered 503.
+    limit_concurrency: int | None = None
+    #: Per worker, under `none` only: stop accepting at this many open connections
+    #: (the front enforces --max-connections itself under `rr`).
+    max_connections: int | None = None
     stats_interval: float = 1.0
     debug: bool = False
 
@@ -57,6 +63,11 @@ class Config:
     #: worker, or handed and not yet acknowledged). Above it the front stops
     #: accepting and new connections wait in the kernel backlog.
     max_pending: int = 4096
+    #: All open connections (held by the front or served by workers); above it the
+    #: front stops accepting and new connections wait in the kernel backlog.
+    max_connections: int = 10000
+    #: Seconds without a heartbeat before a worker counts as hung (0: never).
+    timeout: float = 30.0
 
     @property
     def policy(self) -> str:
@@ -71,5 +82,48 @@ class Config:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
         if self.backlog < 1:
             raise ConfigError(f"--backlog must be at least 1, got {self.backlog}")
-        if self.worker.graceful_timeout < 0:
+        worker = self.worker
+        for name in ("graceful_timeout", "keep_alive", "header_timeout", "send_timeout"):
+            if getattr(worker, name) <= 0 and name != "graceful_timeout":
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if worker.graceful_timeout < 0:
             raise ConfigError("--graceful-timeout must not be negative")
+        if self.timeout < 0:
+            raise ConfigError("--timeout must not be negative (0 disables it)")
+        if worker.max_header_size < 1024:
+            raise ConfigError("--max-header-size must be at least 1K")
+        if worker.max_body_size < 0:
+            raise ConfigError("--max-body-size must not be negative")
+        if worker.limit_concurrency is not None and worker.limit_concurrency < 1:
+            raise ConfigError("--limit-concurrency must be at least 1")
+        if self.max_connections < self.workers:
+            raise ConfigError("--max-connections must be at least --workers")
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """ "16K", "1M", "2G", "512MiB" or a plain number of bytes."""
+    stripped = text.strip().lower()
+    number = stripped.rstrip("kmgib")
+    unit = stripped[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(f"invalid size {text!r} (examples: 16K, 1M, 2G)") from None
+    if unit not in _UNITS or value < 0:
+        raise ConfigError(f"invalid size {text!r} (examples: 16K, 1M, 2G)")
+    return int(value * _UNITS[unit])

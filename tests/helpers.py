@@ -23,8 +23,16 @@ class RRProxy:
     """One rrproxy process. Output is collected by threads (no pipe can fill up)."""
 
     def __init__(self, *args: str, workers: int = 2, cwd: Path = REPO) -> None:
-        self.argv = [sys.executable, "-m", "rrproxy", "--port", "0", "--workers",
-                     str(workers), *args]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "rrproxy",
+            "--port",
+            "0",
+            "--workers",
+            str(workers),
+            *args,
+        ]
         self.cwd = cwd
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -36,8 +44,13 @@ class RRProxy:
     def start(self, timeout: float = 30.0) -> RRProxy:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env, start_new_session=True,
+            self.argv,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
@@ -50,7 +63,7 @@ class RRProxy:
                 self.pids[int(ready["slot"])] = int(ready["pid"])
         return self
 
-    def _pump(self, stream) -> None:  # noqa: ANN001
+    def _pump(self, stream) -> None:
         for line in stream:
             with self._cond:
                 self.lines.append(line)
@@ -120,7 +133,10 @@ class RRProxy:
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run rrproxy to completion (for the error cases)."""
     return subprocess.run(
-        [sys.executable, "-m", "rrproxy", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "rrproxy", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -28,10 +28,12 @@ class Dispatcher:
         policy: Policy,
         workers: Callable[[], Sequence[WorkerProcess]],
         max_held: int,
+        max_connections: int | None = None,
     ) -> None:
         self.policy = policy
         self._workers = workers
         self.max_held = max_held
+        self.max_connections = max_connections
         self.queue: deque[PendingConn] = deque()
         #: Connections the front holds: queued plus handed-but-unanswered.
         self.held = 0
@@ -54,7 +56,21 @@ class Dispatcher:
 
     @property
     def full(self) -> bool:
-        return self.held >= self.max_held
+        """Whether the acceptor must pause: the front holds its limit, or all open
+        connections (held here plus those the workers report) reach --max-connections."""
+        if self.held >= self.max_held:
+            return True
+        limit = self.max_connections
+        if limit is None:
+            return False
+        return self.held + sum(w.connections_active for w in self._workers()) >= limit
+
+    def load_changed(self) -> None:
+        """A worker reported a new count of open connections."""
+        if self.queue:
+            self.pump()
+        else:
+            self._update_events()
 
     async def wait_for_room(self) -> None:
         while self.full:
@@ -84,7 +100,7 @@ class Dispatcher:
                 worker.unacked[conn.conn_id] = conn
                 self.handed_total += 1
                 return True
-            worker.channel_full = True
+            worker.mark_channel_full(True)
         return False
 
     def pump(self) -> None:
@@ -112,7 +128,7 @@ class Dispatcher:
 
     def taken(self, worker: WorkerProcess, conn_id: int) -> None:
         conn = worker.unacked.pop(conn_id, None)
-        worker.channel_full = False
+        worker.mark_channel_full(False)
         if conn is None:
             log.warning("worker %d answered for unknown connection %d", worker.slot, conn_id)
             return
@@ -126,7 +142,7 @@ class Dispatcher:
 
     def rejected(self, worker: WorkerProcess, conn_id: int) -> None:
         conn = worker.unacked.pop(conn_id, None)
-        worker.channel_full = False
+        worker.mark_channel_full(False)
         if conn is None:
             log.warning("worker %d rejected unknown connection %d", worker.slot, conn_id)
             return

@@ -70,7 +70,10 @@ class Front:
         self.dispatcher: Dispatcher | None = None
         if config.policy == "rr":
             self.dispatcher = Dispatcher(
-                RoundRobin(), lambda: self.supervisor.workers, config.max_pending
+                RoundRobin(),
+                lambda: self.supervisor.workers,
+                config.max_pending,
+                config.max_connections,
             )
         self.supervisor = Supervisor(config, listener, self.dispatcher, announce)
         self._accept_scope = trio.CancelScope()

@@ -23,6 +23,7 @@ from ..ipc.messages import (
     Configure,
     Failed,
     Hello,
+    Load,
     ProtocolError,
     Ready,
     Rejected,
@@ -42,6 +43,8 @@ BACKOFF_RESET_AFTER = 30.0
 #: Time a new worker gets to say Hello and then to report Ready.
 HELLO_TIMEOUT = 30.0
 READY_TIMEOUT = 120.0
+#: A worker that closed its channel gets this long to exit before it is killed.
+CHANNEL_EOF_GRACE = 2.0
 
 
 class BootError(Exception):
@@ -80,6 +83,7 @@ class Supervisor:
             for slot in range(1, self.config.workers + 1):
                 self.restarts[slot] = 0
                 nursery.start_soon(self._run_slot, slot)
+            nursery.start_soon(self._watch_health)
             await self._booted.wait()
             if self._boot_error is not None:
                 raise self._boot_error
@@ -125,6 +129,7 @@ class Supervisor:
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.state = WorkerState.READY
+        worker.last_heard = trio.current_time()
         worker.ever_ready = True
         worker.ready.set()
         if not self._booted.is_set():
@@ -158,7 +163,9 @@ class Supervisor:
         finally:
             # Only the worker may hold its end: when it dies, we see EOF.
             worker_end.close()
-        worker = WorkerProcess(slot, process, WorkerChannel(front_end))
+        worker = WorkerProcess(
+            slot, process, WorkerChannel(front_end), self.config.worker.limit_concurrency
+        )
         self.workers.append(worker)
         self.workers.sort(key=lambda w: w.slot)
         return worker
@@ -196,7 +203,17 @@ class Supervisor:
             await self._handshake(worker)
             await self._read(worker)
         except ChannelClosed:
-            pass
+            # Normally the worker exited. One that closed its channel but lives on
+            # is broken (nothing can reach it): give it a moment, then kill it.
+            with trio.move_on_after(CHANNEL_EOF_GRACE):
+                await worker.process.wait()
+            if worker.process.returncode is None:
+                log.error(
+                    "worker %d (pid %d) closed its channel but did not exit; killing it",
+                    worker.slot,
+                    worker.pid,
+                )
+                worker.kill()
         except (ProtocolError, _Breach) as exc:
             log.error(
                 "worker %d (pid %d) broke the protocol: %s; killing it",
@@ -252,10 +269,16 @@ class Supervisor:
         while True:
             message, _fd = await channel.receive()
             kind = type(message)
+            worker.last_heard = trio.current_time()
             if kind is Taken:
                 if dispatcher is None:
                     raise _Breach("Taken under a policy without handoff")
+                worker.connections_active = message.active  # type: ignore[attr-defined]
                 dispatcher.taken(worker, message.conn_id)  # type: ignore[attr-defined]
+            elif kind is Load:
+                worker.connections_active = message.active  # type: ignore[attr-defined]
+                if dispatcher is not None:
+                    dispatcher.load_changed()
             elif kind is Stats:
                 self._stats(worker, message)  # type: ignore[arg-type]
             elif kind is Rejected:
@@ -273,6 +296,41 @@ class Supervisor:
         worker.connections_active = stats.connections_active
         worker.requests_total = stats.requests_total
         worker.last_heard = trio.current_time()
+
+    async def _watch_health(self) -> None:
+        """Heartbeats come from each worker's event loop (its Stats), so a handler
+        that blocks the loop silences them: after --timeout the worker is killed and
+        its slot restarts it. A worker that stops reading its channel is the same."""
+        timeout = self.config.timeout
+        if timeout <= 0:
+            return
+        while True:
+            await trio.sleep(min(1.0, timeout / 4))
+            now = trio.current_time()
+            for worker in list(self.workers):
+                if worker.state not in (WorkerState.READY, WorkerState.DRAINING):
+                    continue
+                silent = now - worker.last_heard
+                full_for = (
+                    now - worker.channel_full_since
+                    if worker.channel_full_since is not None
+                    else 0.0
+                )
+                if silent > timeout or full_for > timeout:
+                    what = (
+                        f"sent no heartbeat for {silent:.1f} s"
+                        if silent > timeout
+                        else f"has not read its channel for {full_for:.1f} s"
+                    )
+                    log.error(
+                        "worker %d (pid %d) is unresponsive: it %s (--timeout %g); killing it",
+                        worker.slot,
+                        worker.pid,
+                        what,
+                        timeout,
+                    )
+                    worker.failure = f"unresponsive: {what}"
+                    worker.kill()
 
     # --- stopping ------------------------------------------------------------------------
 

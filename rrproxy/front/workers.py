@@ -37,8 +37,15 @@ class PendingConn:
 
 
 class WorkerProcess:
-    def __init__(self, slot: int, process: trio.Process, channel: WorkerChannel) -> None:
+    def __init__(
+        self,
+        slot: int,
+        process: trio.Process,
+        channel: WorkerChannel,
+        limit_concurrency: int | None = None,
+    ) -> None:
         self.slot = slot
+        self.limit_concurrency = limit_concurrency
         self.process = process
         self.channel = channel
         self.pid: int = process.pid
@@ -49,6 +56,7 @@ class WorkerProcess:
         self.failure: str | None = None
         self.unacked: dict[int, PendingConn] = {}
         self.channel_full = False
+        self.channel_full_since: float | None = None
         self.connections_total = 0
         self.connections_active = 0
         self.requests_total = 0
@@ -65,7 +73,18 @@ class WorkerProcess:
 
     @property
     def has_room(self) -> bool:
-        return self.accepting and len(self.unacked) < SOFT_WINDOW
+        unacked = len(self.unacked)
+        if not self.accepting or unacked >= SOFT_WINDOW:
+            return False
+        limit = self.limit_concurrency
+        return limit is None or self.connections_active + unacked < limit
+
+    def mark_channel_full(self, full: bool) -> None:
+        self.channel_full = full
+        if not full:
+            self.channel_full_since = None
+        elif self.channel_full_since is None:
+            self.channel_full_since = trio.current_time()
 
     def kill(self) -> None:
         """SIGKILL, tolerating a process that is already gone."""

@@ -38,14 +38,13 @@ class Message:
 
 # --- hot path: fixed binary bodies -------------------------------------------------
 
-_CONN_ID = struct.Struct("!BQ")
-
 
 @dataclass(frozen=True, slots=True)
 class NewConn(Message):
     """front -> worker: here is a connection (fd attached); answer Taken or Rejected."""
 
     TAG: ClassVar[int] = 1
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("!BQ")
     conn_id: int
 
 
@@ -53,22 +52,36 @@ class NewConn(Message):
 class Taken(Message):
     """worker -> front: the worker holds the connection and has read from it (or given
     up on it), so the front may close its copy. Until then the front keeps the fd and
-    can re-hand the connection if the worker dies."""
+    can re-hand the connection if the worker dies. `active` is the worker's count of
+    open connections, so the front's picture stays current for free."""
 
     TAG: ClassVar[int] = 2
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("!BQI")
     conn_id: int
+    active: int
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected(Message):
-    """worker -> front: the worker will not serve this connection (draining, at its
-    concurrency limit); the front hands it to another worker."""
+    """worker -> front: the worker will not serve this connection (draining); the
+    front hands it to another worker."""
 
     TAG: ClassVar[int] = 3
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("!BQ")
     conn_id: int
 
 
-_BINARY: dict[int, type[Message]] = {cls.TAG: cls for cls in (NewConn, Taken, Rejected)}
+@dataclass(frozen=True, slots=True)
+class Load(Message):
+    """worker -> front: its count of open connections changed (connections closed).
+    Coalesced by the worker: one message per burst of closes, not one per close."""
+
+    TAG: ClassVar[int] = 4
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("!BI")
+    active: int
+
+
+_BINARY: dict[int, type[Message]] = {cls.TAG: cls for cls in (NewConn, Taken, Rejected, Load)}
 
 
 # --- control: JSON bodies ----------------------------------------------------------
@@ -145,7 +158,7 @@ def encode(message: Message) -> bytes:
     """Serialize one message to the bytes of one datagram."""
     cls = type(message)
     if cls in _BINARY_TYPES:
-        return _CONN_ID.pack(cls.TAG, message.conn_id)  # type: ignore[attr-defined]
+        return cls.STRUCT.pack(cls.TAG, *[getattr(message, n) for n in cls.__slots__])  # type: ignore[attr-defined]
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     data = bytes([cls.TAG]) + json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE_SIZE:
@@ -165,9 +178,10 @@ def decode(data: bytes) -> Message:
     tag = data[0]
     binary = _BINARY.get(tag)
     if binary is not None:
-        if len(data) != _CONN_ID.size:
+        layout: struct.Struct = binary.STRUCT  # type: ignore[attr-defined]
+        if len(data) != layout.size:
             raise ProtocolError(f"{binary.__name__}: body of {len(data)} bytes")
-        return binary(_CONN_ID.unpack(data)[1])  # type: ignore[call-arg]
+        return binary(*layout.unpack(data)[1:])
     cls = _JSON.get(tag)
     if cls is None:
         raise ProtocolError(f"unknown message tag {tag}")

@@ -49,7 +49,7 @@ async def test_order_is_kept_when_the_peer_is_slow():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
         for i in range(2000):
-            await front.send(Taken(i))
+            await front.send(Taken(i, 0))
     assert received == list(range(2000))
     front.close()
     worker.close()
@@ -58,9 +58,9 @@ async def test_order_is_kept_when_the_peer_is_slow():
 async def test_send_nowait_queues_in_order_when_full():
     a, b = socketpair()
     front, worker = WorkerChannel(a), WorkerChannel(b)
-    results = [front.send_nowait(Taken(i)) for i in range(5000)]
+    results = [front.send_nowait(Taken(i, 0)) for i in range(5000)]
     assert False in results  # the socket filled up at some point
-    assert not front.try_send(Taken(99999))  # no overtaking the queue
+    assert not front.try_send(Taken(99999, 0))  # no overtaking the queue
     got = []
 
     async with trio.open_nursery() as nursery:
@@ -80,7 +80,7 @@ async def test_eof_is_channel_closed():
     with pytest.raises(ChannelClosed):
         await worker.receive()
     with pytest.raises(ChannelClosed):
-        worker.try_send(Taken(1))
+        worker.try_send(Taken(1, 0))
     worker.close()
 
 
@@ -93,8 +93,10 @@ async def test_garbage_and_unexpected_fds_are_rejected_and_closed():
     # A message that must not carry an fd, with one: refused, and the fd closed.
     before = _open_fds()
     extra_a, extra_b = socket.socketpair()
-    a.sendmsg([encode(Stats(1, 1, 1))],
-              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [extra_a.fileno()]))])
+    a.sendmsg(
+        [encode(Stats(1, 1, 1))],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [extra_a.fileno()]))],
+    )
     with pytest.raises(ProtocolError, match="arrived with 1 fds"):
         await worker.receive()
     assert _open_fds() == before + 2  # just extra_a/extra_b: the received copy is gone

@@ -11,6 +11,7 @@ from .messages import (
     Configure,
     Failed,
     Hello,
+    Load,
     NewConn,
     ProtocolError,
     Ready,
@@ -26,7 +27,8 @@ from .messages import (
 EXAMPLES = [
     NewConn(1),
     NewConn(2**64 - 1),
-    Taken(7),
+    Taken(7, 3),
+    Load(12),
     Rejected(9),
     Hello(version=1, pid=1234),
     Configure(worker_id=3, config={"app": "a:b", "keep_alive": 5.0}, has_listener=True),
@@ -42,16 +44,17 @@ def test_round_trip(message):
     assert decode(encode(message)) == message
 
 
-def test_hot_path_messages_are_nine_bytes():
+def test_hot_path_messages_are_small():
     assert len(encode(NewConn(5))) == 9
-    assert len(encode(Taken(5))) == 9
+    assert len(encode(Taken(5, 1))) == 13
+    assert len(encode(Load(5))) == 5
 
 
 def test_which_messages_carry_an_fd():
     assert carries_fd(NewConn(1))
     assert carries_fd(Configure(1, {}, has_listener=True))
     assert not carries_fd(Configure(1, {}, has_listener=False))
-    assert not carries_fd(Taken(1))
+    assert not carries_fd(Taken(1, 0))
 
 
 @pytest.mark.parametrize(

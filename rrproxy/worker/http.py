@@ -65,6 +65,8 @@ class HTTPConnection:
         "_on_first_read",
         "client",
         "conn",
+        "handler_scope",
+        "handler_started",
         "idle_scope",
         "requests",
         "server",
@@ -91,6 +93,9 @@ class HTTPConnection:
         )
         self._on_first_read = on_first_read
         self.idle_scope: trio.CancelScope | None = None
+        #: Set while the handler runs, so the worker's disconnect sweep can cancel it.
+        self.handler_scope: trio.CancelScope | None = None
+        self.handler_started = 0.0
         self.requests = 0
         self._body_limit = server.config.max_body_size
         self._body_received = 0
@@ -130,8 +135,11 @@ class HTTPConnection:
             try:
                 sent = sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
+                # A client that takes none of our bytes for --send-timeout is gone.
+                with trio.move_on_after(self.server.config.send_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                raise ClientDisconnected("client took no response bytes in time") from None
             if sent == len(view):
                 return
             view = memoryview(view)[sent:]
@@ -160,6 +168,12 @@ class HTTPConnection:
 
     async def _serve(self) -> None:
         config = self.server.config
+        limit = config.limit_concurrency
+        if limit is not None and len(self.server.connections) > limit:
+            # Over --limit-concurrency: answer its first request at once with 503.
+            if await self._next_request(config) is not None:
+                await self._send_error(503)
+            return
         burst = 0
         while True:
             event = await self._next_request(config)
@@ -229,11 +243,18 @@ class HTTPConnection:
             worker_id=server.worker_id,
             read_chunk=self._read_body_chunk,
         )
+        scope = trio.CancelScope()
+        self.handler_scope = scope
+        self.handler_started = trio.current_time()
         try:
-            result = server.handler(request)
-            if server.handler_is_async or hasattr(result, "__await__"):
-                result = await result
-            response = coerce_response(result)
+            with scope:
+                result = server.handler(request)
+                if server.handler_is_async or hasattr(result, "__await__"):
+                    result = await result
+                response = coerce_response(result)
+            if scope.cancelled_caught:
+                # The disconnect sweep found the client gone while the handler ran.
+                raise ClientDisconnected("client disconnected while the handler ran")
         except BodyTooLarge:
             await self._send_error(413)
             return False
@@ -245,7 +266,20 @@ class HTTPConnection:
         except Exception as exc:
             log.exception("handler raised for %s %s", request.method, request.path)
             response = self._internal_error(exc)
+        finally:
+            self.handler_scope = None
         return await self._send_response(response, event.method == b"HEAD")
+
+    def client_gone(self) -> bool:
+        """For the disconnect sweep: has the client closed or reset the connection?
+        A peek that sees EOF counts as gone (as for uvicorn and Node's http server,
+        a half-closed client is treated as disconnected while its handler runs)."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _internal_error(self, exc: BaseException) -> Response:
         body = error_body(500)

@@ -19,12 +19,14 @@ import trio
 
 from ..appload import AppLoadError, is_coroutine_callable, load_app
 from ..config import WorkerConfig
+from ..fdlimit import raise_fd_limit
 from ..ipc.channel import ChannelClosed, WorkerChannel
 from ..ipc.messages import (
     PROTOCOL_VERSION,
     Configure,
     Failed,
     Hello,
+    Load,
     NewConn,
     ProtocolError,
     Ready,
@@ -66,6 +68,8 @@ class Worker:
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
+            nursery.start_soon(self._report_load)
+            nursery.start_soon(self.server.sweep_disconnects)
             nursery.start_soon(self._watch_signals)
             accept_scope = trio.CancelScope()
             if self.listener is not None:
@@ -99,7 +103,7 @@ class Worker:
         server = self.server
         return Stats(server.connections_total, server.connections_active, server.requests_total)
 
-    def _send(self, message: Taken | Rejected | Stats) -> None:
+    def _send(self, message: Taken | Rejected | Stats | Load) -> None:
         """Send from synchronous code; if the front's queue is full, flush later."""
         if not self.channel.send_nowait(message) and self._nursery is not None:
             self._nursery.start_soon(self.channel.flush)
@@ -114,6 +118,20 @@ class Worker:
                 self._send(self._stats())
             except ChannelClosed:
                 return
+
+    async def _report_load(self) -> None:
+        """Tell the front when connections close, one message per burst of closes:
+        it needs current counts for --max-connections and --limit-concurrency."""
+        server = self.server
+        while True:
+            await server.load_changed.wait()
+            server.load_changed = trio.Event()
+            try:
+                self._send(Load(server.connections_active))
+            except ChannelClosed:
+                return
+            # Let further closes of this burst accumulate into the next report.
+            await trio.sleep(0)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
@@ -148,7 +166,7 @@ class Worker:
                 except OSError as exc:
                     log.error("received an unusable connection fd: %s", exc)
                     os.close(fd)
-                    self._answer(Taken(conn_id))
+                    self._answer(Taken(conn_id, server.connections_active))
                     continue
                 server.start_connection(sock, self._ack(conn_id))
             elif type(message) is Stop:
@@ -160,11 +178,11 @@ class Worker:
 
     def _ack(self, conn_id: int):
         def ack() -> None:
-            self._answer(Taken(conn_id))
+            self._answer(Taken(conn_id, self.server.connections_active))
 
         return ack
 
-    def _answer(self, message: Taken | Rejected) -> None:
+    def _answer(self, message: Taken | Rejected | Load) -> None:
         try:
             self._send(message)
         except ChannelClosed:
@@ -200,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the front decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
     sock = socket.socket(fileno=args.fd)
     try:
         code = trio.run(_main, sock, args.slot)

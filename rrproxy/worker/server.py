@@ -17,6 +17,9 @@ from .http import HTTPConnection
 log = logging.getLogger("rrproxy.worker")
 
 _ACCEPT_BATCH = 16
+#: How often the worker looks for clients that left while their handler runs, and
+#: how long a handler must have run before it is looked at (the hot path pays nothing).
+DISCONNECT_SWEEP_INTERVAL = 0.5
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -39,6 +42,10 @@ class WorkerServer:
         self._nursery: trio.Nursery | None = None
         self._all_closed = trio.Event()
         self._all_closed.set()
+        #: Set when connections closed since the last load report.
+        self.load_changed = trio.Event()
+        self._below_cap = trio.Event()
+        self._below_cap.set()
 
     @property
     def connections_active(self) -> int:
@@ -51,11 +58,18 @@ class WorkerServer:
         self.connections_total += 1
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
+        cap = self.config.max_connections
+        if cap is not None and len(self.connections) >= cap and self._below_cap.is_set():
+            self._below_cap = trio.Event()
 
     def connection_closed(self, connection: HTTPConnection) -> None:
         self.connections.discard(connection)
+        self.load_changed.set()
         if not self.connections:
             self._all_closed.set()
+        cap = self.config.max_connections
+        if cap is None or len(self.connections) < cap:
+            self._below_cap.set()
 
     # --- serving ----------------------------------------------------------------
 
@@ -79,6 +93,8 @@ class WorkerServer:
         losers see EAGAIN and go back to waiting."""
         listener.setblocking(False)
         while True:
+            # At our share of --max-connections, leave new ones in the kernel backlog.
+            await self._below_cap.wait()
             try:
                 await trio.lowlevel.wait_readable(listener)
             except trio.ClosedResourceError:
@@ -97,7 +113,24 @@ class WorkerServer:
                         continue
                     raise
                 self.start_connection(sock)
+                if not self._below_cap.is_set():
+                    break
             await trio.lowlevel.checkpoint()
+
+    async def sweep_disconnects(self) -> None:
+        """Cancel handlers whose client has gone away (they see trio.Cancelled)."""
+        while True:
+            await trio.sleep(DISCONNECT_SWEEP_INTERVAL)
+            started_before = trio.current_time() - DISCONNECT_SWEEP_INTERVAL / 2
+            for connection in list(self.connections):
+                scope = connection.handler_scope
+                if (
+                    scope is not None
+                    and connection.handler_started < started_before
+                    and connection.client_gone()
+                ):
+                    log.info("client %s went away; cancelling its handler", connection.client)
+                    scope.cancel()
 
     async def drain(self, timeout: float) -> None:
         """Finish in-flight requests (their responses say Connection: close), close

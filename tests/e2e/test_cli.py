@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import PROBE, run_cli
 
 
-def _one_error_line(result) -> str:  # noqa: ANN001
+def _one_error_line(result) -> str:
     assert result.returncode == 2, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -68,6 +68,14 @@ def test_bad_options(args: list[str], expected: str) -> None:
 def test_help_documents_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for option in ("--host", "--port", "--workers", "--policy", "--backlog",
-                   "--graceful-timeout", "--log-level", "--app-dir"):
+    for option in (
+        "--host",
+        "--port",
+        "--workers",
+        "--policy",
+        "--backlog",
+        "--graceful-timeout",
+        "--log-level",
+        "--app-dir",
+    ):
         assert option in result.stdout

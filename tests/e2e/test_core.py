@@ -17,9 +17,7 @@ from tests.helpers import PROBE, RawClient, RRProxy, get
 
 def test_rr_spreads_new_connections_exactly_evenly():
     with RRProxy("--policy", "rr", PROBE, workers=4) as server:
-        served = collections.Counter(
-            get(server.port).header("x-worker-id") for _ in range(40)
-        )
+        served = collections.Counter(get(server.port).header("x-worker-id") for _ in range(40))
     assert served == {"1": 10, "2": 10, "3": 10, "4": 10}
 
 
@@ -90,8 +88,7 @@ def test_head_expect_continue_date_and_return_types():
         assert head.header("content-length") == str(len(b"plain text"))
         assert head.header("date").endswith("GMT")
         client.send(
-            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
-            b"Expect: 100-continue\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
         )
         interim = client.read_response()
         assert interim.status == 100
