@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,11 @@ from .policies import Policy
 from .workers import PendingConn, WorkerProcess, close_quietly
 
 log = logging.getLogger("rrproxy.front")
+
+#: How long a queued connection waits for a worker with room before it goes to one
+#: without (a worker at --limit-concurrency then answers 503). The workers' counts
+#: reach the front a moment after a connection closes; this bridges that moment.
+HOLD_FOR_ROOM = 0.05
 
 
 class Dispatcher:
@@ -44,15 +50,18 @@ class Dispatcher:
         self._room.set()
         self._idle = trio.Event()
         self._idle.set()
+        self._queued = trio.Event()
 
     # --- intake --------------------------------------------------------------------
 
-    def submit(self, sock) -> None:
+    def submit(self, sock: socket.socket) -> None:
         conn = PendingConn(next(self._ids), sock)
         self.held += 1
-        self._update_events()
-        if self.queue or not self._hand(conn):
+        if self.queue or not self._hand(conn, require_room=True):
+            conn.queued_at = trio.current_time()
             self.queue.append(conn)
+            self._queued.set()
+        self._update_events()
 
     @property
     def full(self) -> bool:
@@ -83,10 +92,10 @@ class Dispatcher:
 
     # --- handing out ---------------------------------------------------------------
 
-    def _hand(self, conn: PendingConn) -> bool:
+    def _hand(self, conn: PendingConn, require_room: bool) -> bool:
         workers = self._workers()
         for _ in range(len(workers) + 1):
-            worker = self.policy.choose(workers)
+            worker = self.policy.choose(workers, require_room)
             if worker is None:
                 return False
             try:
@@ -104,13 +113,27 @@ class Dispatcher:
         return False
 
     def pump(self) -> None:
-        """Hand queued connections out while some worker can take one."""
+        """Hand queued connections out while some worker can take one: one with room,
+        or any accepting one once the connection has waited HOLD_FOR_ROOM."""
         queue = self.queue
-        while queue:
-            if not self._hand(queue[0]):
-                break
-            queue.popleft()
+        if queue:
+            patience_over = trio.current_time() - HOLD_FOR_ROOM
+            while queue:
+                conn = queue[0]
+                if not self._hand(conn, require_room=conn.queued_at > patience_over):
+                    break
+                queue.popleft()
         self._update_events()
+
+    async def run(self) -> None:
+        """While connections are queued, pump again every HOLD_FOR_ROOM: their wait
+        for a worker with room is bounded even if no worker reports anything."""
+        while True:
+            await self._queued.wait()
+            while self.queue:
+                await trio.sleep(HOLD_FOR_ROOM)
+                self.pump()
+            self._queued = trio.Event()
 
     def _update_events(self) -> None:
         if self.full:
@@ -148,6 +171,7 @@ class Dispatcher:
             return
         self.rehanded_total += 1
         self.queue.appendleft(conn)
+        self._queued.set()
         self.pump()
 
     def reclaim(self, worker: WorkerProcess) -> None:
@@ -166,6 +190,7 @@ class Dispatcher:
             worker.pid,
         )
         self.queue.extendleft(reversed(conns))
+        self._queued.set()
         self.pump()
 
     def close_all(self) -> None:

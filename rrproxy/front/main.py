@@ -89,6 +89,7 @@ class Front:
                 f"(policy {self.config.policy}, {self.config.workers} workers)"
             )
             if self.dispatcher is not None:
+                nursery.start_soon(self.dispatcher.run)
                 nursery.start_soon(self._accept)
 
     async def _accept(self) -> None:

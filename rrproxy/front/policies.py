@@ -25,21 +25,25 @@ C = TypeVar("C", bound=Candidate)
 class Policy(Protocol):
     name: str
 
-    def choose(self, candidates: Sequence[C]) -> C | None: ...
+    def choose(self, candidates: Sequence[C], require_room: bool = False) -> C | None:
+        """A candidate with room; failing that (unless `require_room`) one that is
+        at least accepting; None if there is none."""
+        ...
 
 
 class RoundRobin:
     """Node's SCHED_RR: the next worker in rotation. A worker without room (a
-    blocked loop stops answering handoffs) is passed over while another has room;
-    when none has room, the next one still accepting takes it, so a flood of idle
-    connections can delay dispatch but never stop it."""
+    blocked loop stops answering handoffs, or it is at --limit-concurrency) is
+    passed over while another has room; when none has room, the next one still
+    accepting takes it, so a flood of idle connections can delay dispatch but
+    never stop it."""
 
     name = "rr"
 
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, candidates: Sequence[C]) -> C | None:
+    def choose(self, candidates: Sequence[C], require_room: bool = False) -> C | None:
         count = len(candidates)
         if not count:
             return None
@@ -53,7 +57,7 @@ class RoundRobin:
                 return candidate
             if fallback < 0 and candidate.accepting:
                 fallback = index
-        if fallback >= 0:
+        if fallback >= 0 and not require_room:
             self._next = fallback + 1
             return candidates[fallback]
         return None

@@ -34,6 +34,8 @@ class PendingConn:
 
     conn_id: int
     sock: socket.socket
+    #: trio.current_time() when it joined the queue (0: handed at once).
+    queued_at: float = 0.0
 
 
 class WorkerProcess:

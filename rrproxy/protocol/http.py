@@ -50,6 +50,14 @@ def declared_length(pairs: list[tuple[bytes, bytes]]) -> int | None:
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
+def head_size(request) -> int:
+    """Bytes of the request line and headers as received (to within the spaces)."""
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def reason(status: int) -> bytes:
     """The standard reason phrase (empty for a code HTTP does not name)."""
     return _REASONS.get(status, b"")

@@ -31,6 +31,7 @@ from ..protocol.http import (
     encode_header_pairs,
     error_body,
     has_header,
+    head_size,
     http_date,
     reason,
 )
@@ -49,12 +50,17 @@ _FAIRNESS_BURST = 16
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1024 * 1024
 
+_VERSIONS = (b"1.1", b"1.0")
 _H11_DONE = h11.DONE
 _NEED_DATA = h11.NEED_DATA
 
 
 class ClientDisconnected(Exception):
     """The client went away while the handler was reading the body."""
+
+
+class MalformedBody(Exception):
+    """The request body broke HTTP framing (bad chunk...): answered 400 and closed."""
 
 
 class HTTPConnection:
@@ -151,7 +157,6 @@ class HTTPConnection:
 
     async def run(self) -> None:
         server = self.server
-        server.connection_opened(self)
         try:
             await self._serve()
         except (OSError, ClientDisconnected):
@@ -217,6 +222,14 @@ class HTTPConnection:
                     return None
                 continue
             if type(event) is h11.Request:
+                # h11 bounds only an *incomplete* head; one that arrived whole in a
+                # single read can be larger than the limit, so measure it too.
+                if head_size(event) > config.max_header_size:
+                    await self._send_error(431)
+                    return None
+                if event.http_version not in _VERSIONS:
+                    await self._send_error(505)
+                    return None
                 return event
             # ConnectionClosed, or anything unexpected between requests.
             return None
@@ -258,6 +271,9 @@ class HTTPConnection:
         except BodyTooLarge:
             await self._send_error(413)
             return False
+        except MalformedBody:
+            await self._send_error(400)
+            return False
         except ClientDisconnected:
             raise
         except InvalidResponse as exc:
@@ -268,6 +284,10 @@ class HTTPConnection:
             response = self._internal_error(exc)
         finally:
             self.handler_scope = None
+        if self.conn.their_state is h11.ERROR:
+            # The body was malformed and the handler swallowed the error.
+            await self._send_error(400)
+            return False
         return await self._send_response(response, event.method == b"HEAD")
 
     def client_gone(self) -> bool:
@@ -298,7 +318,9 @@ class HTTPConnection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise ClientDisconnected(str(exc)) from None
+                if conn.trailing_data[1]:  # the client closed mid-body
+                    raise ClientDisconnected(str(exc)) from None
+                raise MalformedBody(str(exc)) from None
             if event is _NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     await self._sendall(

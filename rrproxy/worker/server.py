@@ -85,6 +85,9 @@ class WorkerServer:
     ) -> None:
         assert self._nursery is not None
         connection = HTTPConnection(sock, self, on_first_read)
+        # Counted now, not when its task first runs: the accept loop's cap and the
+        # counts reported to the front must include connections not yet started.
+        self.connection_opened(connection)
         self._nursery.start_soon(connection.run)
 
     async def accept_loop(self, listener: socket.socket) -> None:
