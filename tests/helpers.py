@@ -228,9 +228,11 @@ class Response:
         return f"<Response {self.status} {self.headers} {self.body[:80]!r}>"
 
 
-def get(port: int, path: str = "/", headers: str = "", host: str = "127.0.0.1") -> Response:
+def get(
+    port: int, path: str = "/", headers: str = "", host: str = "127.0.0.1", timeout: float = 10
+) -> Response:
     """One request on a new connection (Connection: close)."""
-    client = RawClient(port, host)
+    client = RawClient(port, host, timeout)
     try:
         client.send(
             f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()

@@ -154,12 +154,15 @@ def test_killed_worker_is_replaced_and_no_waiting_connection_is_lost():
         time.sleep(0.5)  # the blocked worker is now stuck in time.sleep
 
         results: list[object] = []
+        answered_by: set[int] = set()
         lock = threading.Lock()
 
         def one_request() -> None:
             try:
-                response = get(server.port)
+                response = get(server.port, timeout=30)
                 outcome: object = response.status
+                with lock:
+                    answered_by.add(int(response.header("x-worker-pid")))
             except OSError as exc:
                 outcome = exc
             with lock:
@@ -178,9 +181,13 @@ def test_killed_worker_is_replaced_and_no_waiting_connection_is_lost():
         steady_thread = threading.Thread(target=steady)
         steady_thread.start()
         # The free worker answers its share; the rest wait inside the blocked one.
-        time.sleep(1.0)
-        free_pid = int(get(server.port).header("x-worker-pid"))
-        (blocked_pid,) = set(pids.values()) - {free_pid}
+        deadline = time.monotonic() + 20
+        while not answered_by and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with lock:
+            assert len(answered_by) == 1, answered_by
+            (blocked_pid,) = set(pids.values()) - answered_by
         blocked_slot = next(slot for slot, pid in pids.items() if pid == blocked_pid)
         os.kill(blocked_pid, signal.SIGKILL)
         for thread in waiting:
