@@ -22,7 +22,8 @@ _READY = re.compile(r"rrproxy: worker (?P<slot>\d+) ready \(pid (?P<pid>\d+)\)")
 class RRProxy:
     """One rrproxy process. Output is collected by threads (no pipe can fill up)."""
 
-    def __init__(self, *args: str, workers: int = 2, cwd: Path = REPO) -> None:
+    def __init__(self, *args: str, workers: int = 2, cwd: Path = REPO, preexec_fn=None) -> None:
+        self.preexec_fn = preexec_fn
         self.argv = [
             sys.executable,
             "-m",
@@ -50,6 +51,7 @@ class RRProxy:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=self.preexec_fn,
             start_new_session=True,
         )
         for stream in (self.proc.stdout, self.proc.stderr):

@@ -26,6 +26,9 @@ log = logging.getLogger("rrproxy.front")
 #: without (a worker at --limit-concurrency then answers 503). The workers' counts
 #: reach the front a moment after a connection closes; this bridges that moment.
 HOLD_FOR_ROOM = 0.05
+#: A worker that gives a connection back (draining, or out of fds) is skipped this
+#: long, so the connection does not bounce between the front and it.
+REJECT_PAUSE = 0.1
 
 
 class Dispatcher:
@@ -170,6 +173,7 @@ class Dispatcher:
             log.warning("worker %d rejected unknown connection %d", worker.slot, conn_id)
             return
         self.rehanded_total += 1
+        worker.paused_until = trio.current_time() + REJECT_PAUSE
         self.queue.appendleft(conn)
         self._queued.set()
         self.pump()

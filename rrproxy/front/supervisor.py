@@ -45,6 +45,8 @@ HELLO_TIMEOUT = 30.0
 READY_TIMEOUT = 120.0
 #: A worker that closed its channel gets this long to exit before it is killed.
 CHANNEL_EOF_GRACE = 2.0
+#: Protocol breaches after which a retiring worker is killed instead of drained.
+MAX_BREACHES = 100
 
 
 class BootError(Exception):
@@ -264,6 +266,47 @@ class Supervisor:
                 raise _Breach(f"unexpected {type(message).__name__} before Ready")
 
     async def _read(self, worker: WorkerProcess) -> None:
+        """Serve the worker's messages. A breach of the protocol retires the worker
+        gracefully: it gets no new connections and drains what it holds (its clients
+        are not punished for its bug), while its slot starts a replacement once it
+        exits. A worker that keeps sending garbage is killed."""
+        breaches = 0
+        while True:
+            try:
+                await self._read_one(worker)
+            except (ProtocolError, _Breach) as exc:
+                breaches += 1
+                if breaches == 1:
+                    log.error(
+                        "worker %d (pid %d) broke the protocol: %s; retiring it",
+                        worker.slot,
+                        worker.pid,
+                        exc,
+                    )
+                    worker.failure = f"protocol error: {exc}"
+                    self._retire(worker)
+                elif breaches >= MAX_BREACHES:
+                    log.error(
+                        "worker %d (pid %d) keeps breaking the protocol; killing it",
+                        worker.slot,
+                        worker.pid,
+                    )
+                    worker.kill()
+                    return
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """No new connections; drain, then exit (the health check kills it if not)."""
+        if worker.state is not WorkerState.READY:
+            return
+        worker.state = WorkerState.DRAINING
+        try:
+            if not worker.channel.send_nowait(Stop(self.config.worker.graceful_timeout)):
+                assert self._nursery is not None
+                self._nursery.start_soon(worker.channel.flush)
+        except ChannelClosed:
+            pass
+
+    async def _read_one(self, worker: WorkerProcess) -> None:
         dispatcher = self.dispatcher
         channel = worker.channel
         while True:

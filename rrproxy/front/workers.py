@@ -59,6 +59,8 @@ class WorkerProcess:
         self.unacked: dict[int, PendingConn] = {}
         self.channel_full = False
         self.channel_full_since: float | None = None
+        #: After a worker gives a connection back, it gets none until this time.
+        self.paused_until = 0.0
         self.connections_total = 0
         self.connections_active = 0
         self.requests_total = 0
@@ -66,6 +68,8 @@ class WorkerProcess:
 
     @property
     def accepting(self) -> bool:
+        if self.paused_until and trio.current_time() < self.paused_until:
+            return False
         return (
             self.state is WorkerState.READY
             and not self.channel_full

@@ -27,6 +27,15 @@ class ChannelClosed(Exception):
     """The peer closed its end (or the socket broke)."""
 
 
+class FdLost(Exception):
+    """A valid message arrived but the fd it carried did not (the receiver is out of
+    file descriptors: MSG_CTRUNC). The sender still owns its copy and can retry."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(f"{type(message).__name__}: its fd was dropped (MSG_CTRUNC)")
+        self.message = message
+
+
 def socketpair() -> tuple[socket.socket, socket.socket]:
     """A private, message-preserving channel. Neither end is inheritable until the
     spawner passes the worker's end explicitly."""
@@ -142,9 +151,16 @@ class WorkerChannel:
         if nbytes == 0 and not fds:
             raise ChannelClosed("peer closed the channel")
         if flags & socket.MSG_CTRUNC:
-            # The kernel dropped descriptors we had no room for: whatever arrived is
-            # incomplete, so close it all rather than leak or misuse it.
+            # The kernel dropped descriptors we had no room for (or no fd left to
+            # put them in: EMFILE): whatever arrived is incomplete, so close it all
+            # rather than leak or misuse it, and say which message lost its fd.
             _close_fds(fds)
+            try:
+                message = messages.decode(bytes(self._view[:nbytes]))
+            except ProtocolError:
+                message = None
+            if message is not None and messages.carries_fd(message) and len(fds) <= 1:
+                raise FdLost(message)
             raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
         if flags & socket.MSG_TRUNC or nbytes > MAX_MESSAGE_SIZE:
             _close_fds(fds)

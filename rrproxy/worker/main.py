@@ -20,7 +20,7 @@ import trio
 from ..appload import AppLoadError, is_coroutine_callable, load_app
 from ..config import WorkerConfig
 from ..fdlimit import raise_fd_limit
-from ..ipc.channel import ChannelClosed, WorkerChannel
+from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
 from ..ipc.messages import (
     PROTOCOL_VERSION,
     Configure,
@@ -151,6 +151,12 @@ class Worker:
                     log.warning("front process went away; draining and exiting")
                 self.request_stop()
                 return
+            except FdLost as exc:
+                # Out of fds: give the connection back; the front still holds it.
+                log.warning("out of file descriptors: returning a connection to the front")
+                if isinstance(exc.message, NewConn):
+                    self._answer(Rejected(exc.message.conn_id))
+                continue
             except ProtocolError as exc:
                 log.error("invalid message from the front: %s", exc)
                 continue

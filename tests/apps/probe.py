@@ -15,6 +15,12 @@ def _arg(request: Request, name: str, default: str) -> str:
     return parse_qs(request.query).get(name, [default])[0]
 
 
+def _channel_fd() -> int:
+    import sys
+
+    return int(sys.argv[sys.argv.index("--fd") + 1])
+
+
 def _who(request: Request) -> list[tuple[str, str]]:
     return [("x-worker-id", str(request.worker_id)), ("x-worker-pid", str(os.getpid()))]
 
@@ -54,6 +60,16 @@ async def handler(request: Request) -> Response | str | dict | int:
         # Blocks the worker's event loop, like a CPU-bound or sync-I/O handler.
         time.sleep(float(_arg(request, "s", "1")))
         return Response(200, b"block done\n", _who(request))
+    if path == "/channel-garbage":
+        # Misbehave as a broken worker would: garbage on the channel to the front.
+        os.write(_channel_fd(), b"\xfe this is not a message")
+        return Response(200, b"sent garbage\n", _who(request))
+    if path == "/channel-unknown":
+        # A well-formed datagram of a kind the front never expects from a worker.
+        from rrproxy.ipc.messages import Configure, encode
+
+        os.write(_channel_fd(), encode(Configure(1, {})))
+        return Response(200, b"sent configure\n", _who(request))
     if path == "/json":
         return {"worker": request.worker_id, "method": request.method}
     if path == "/text":
