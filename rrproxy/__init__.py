@@ -8,8 +8,15 @@ The public handler API::
         return Response(200, b"hi", {"content-type": "text/plain"})
 """
 
-from .native import BodyTooLarge, Headers, Request, Response
+from .native import BodyTooLarge, ClientDisconnected, Headers, Request, Response
 
 __version__ = "0.1.0"
 
-__all__ = ["BodyTooLarge", "Headers", "Request", "Response", "__version__"]
+__all__ = [
+    "BodyTooLarge",
+    "ClientDisconnected",
+    "Headers",
+    "Request",
+    "Response",
+    "__version__",
+]

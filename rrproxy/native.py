@@ -29,6 +29,11 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class ClientDisconnected(Exception):
+    """The client went away (or stalled past --header-timeout) while the handler was
+    reading the request body."""
+
+
 class Headers(Mapping[str, str]):
     """Request headers: case-insensitive lookup, repeated names kept in order.
 

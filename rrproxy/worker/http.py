@@ -20,6 +20,7 @@ import trio
 
 from ..native import (
     BodyTooLarge,
+    ClientDisconnected,
     Headers,
     InvalidResponse,
     Request,
@@ -53,10 +54,6 @@ _LINGER_BYTES = 1024 * 1024
 _VERSIONS = (b"1.1", b"1.0")
 _H11_DONE = h11.DONE
 _NEED_DATA = h11.NEED_DATA
-
-
-class ClientDisconnected(Exception):
-    """The client went away while the handler was reading the body."""
 
 
 class MalformedBody(Exception):
