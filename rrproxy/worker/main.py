@@ -42,6 +42,8 @@ log = logging.getLogger("rrproxy.worker")
 
 #: Exit status for "cannot boot" (same convention as gunicorn's WORKER_BOOT_ERROR).
 EXIT_BOOT_ERROR = 3
+#: Minimum time between two Load reports (closes are coalesced in between).
+LOAD_REPORT_INTERVAL = 0.01
 
 
 class Worker:
@@ -130,8 +132,9 @@ class Worker:
                 self._send(Load(server.connections_active))
             except ChannelClosed:
                 return
-            # Let further closes of this burst accumulate into the next report.
-            await trio.sleep(0)
+            # Closes in the next moment go into the next report: at most one Load
+            # per LOAD_REPORT_INTERVAL, well inside the front's HOLD_FOR_ROOM.
+            await trio.sleep(LOAD_REPORT_INTERVAL)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:

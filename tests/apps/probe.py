@@ -64,6 +64,12 @@ async def handler(request: Request) -> Response | str | dict | int:
         # Misbehave as a broken worker would: garbage on the channel to the front.
         os.write(_channel_fd(), b"\xfe this is not a message")
         return Response(200, b"sent garbage\n", _who(request))
+    if path == "/channel-close":
+        # The worker's end of its channel disappears while the worker lives on.
+        import socket
+
+        socket.socket(fileno=os.dup(_channel_fd())).shutdown(socket.SHUT_RDWR)
+        return Response(200, b"closed my channel\n", _who(request))
     if path == "/channel-unknown":
         # A well-formed datagram of a kind the front never expects from a worker.
         from rrproxy.ipc.messages import Configure, encode

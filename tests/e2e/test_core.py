@@ -230,6 +230,31 @@ def test_sigterm_lets_an_in_flight_request_finish():
         server.stop()
 
 
+def test_second_sigint_stops_at_once():
+    server = RRProxy(PROBE, workers=1).start()
+    try:
+        client = RawClient(server.port)
+        client.send(b"GET /slow?s=20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.signal(signal.SIGINT)
+        server.wait_for("shutting down gracefully")
+        server.signal(signal.SIGINT)
+        assert server.wait(10) == 1
+        assert time.monotonic() - started < 5
+        _wait_gone(server.pids[1])
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_debug_shows_the_traceback_in_500():
+    with RRProxy("--debug", PROBE, workers=1) as server:
+        response = get(server.port, "/raise")
+        assert response.status == 500
+        assert b"RuntimeError: the handler failed on purpose" in response.body
+
+
 def test_sigint_stops_cleanly_and_workers_do_not_outlive_the_front():
     server = RRProxy(PROBE, workers=2).start()
     try:

@@ -28,6 +28,15 @@ def test_worker_sending_garbage_or_unknown_messages_is_replaced_front_survives()
         assert server.proc.poll() is None
 
 
+def test_worker_that_closes_its_channel_is_replaced():
+    with RRProxy(PROBE, workers=1) as server:
+        old = server.pids[1]
+        get(server.port, "/channel-close")
+        server.wait_for(rf"worker 1 ready \(pid (?!{old}\))\d+\)", timeout=15)
+        assert get(server.port).status == 200
+        assert server.proc.poll() is None
+
+
 def test_slowloris_does_not_starve_a_normal_client():
     with RRProxy(PROBE, workers=2) as server:
         attackers = []
