@@ -126,6 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="a worker whose event loop sends no heartbeat for this long is killed and "
         "replaced (0: never)",
     )
+    lifecycle = parser.add_argument_group(
+        "lifecycle", "reload, recycling and health (see 'Signals' in the README)"
+    )
+    lifecycle.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a new worker not ready within this fails (at boot: rrproxy exits; "
+        "on reload: the reload is aborted and the old workers keep serving)",
+    )
+    lifecycle.add_argument(
+        "--reload-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="workers replaced at a time by a rolling reload (SIGHUP)",
+    )
+    lifecycle.add_argument(
+        "--max-memory",
+        type=_size,
+        default="0",
+        metavar="SIZE",
+        help="recycle a worker whose resident memory exceeds SIZE, e.g. 512M (0: never)",
+    )
+    lifecycle.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="recycle a worker after N requests (0: never)",
+    )
+    lifecycle.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests per worker, so they do not recycle together",
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -162,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         limit_concurrency=args.limit_concurrency,
         # Under `none` nobody sees the total: each worker keeps to its share.
         max_connections=-(-args.max_connections // workers),
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
         debug=args.debug,
     )
     return Config(
@@ -172,6 +213,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backlog=args.backlog,
         max_connections=args.max_connections,
         timeout=args.timeout,
+        ready_timeout=args.ready_timeout,
+        reload_batch=args.reload_batch,
+        max_memory=args.max_memory,
     )
 
 

@@ -40,6 +40,9 @@ class WorkerConfig:
     #: Per worker, under `none` only: stop accepting at this many open connections
     #: (the front enforces --max-connections itself under `rr`).
     max_connections: int | None = None
+    #: Recycle the worker after this many requests (+ a random 0..jitter); 0: never.
+    max_requests: int = 0
+    max_requests_jitter: int = 0
     stats_interval: float = 1.0
     debug: bool = False
 
@@ -68,6 +71,12 @@ class Config:
     max_connections: int = 10000
     #: Seconds without a heartbeat before a worker counts as hung (0: never).
     timeout: float = 30.0
+    #: Seconds a new worker gets to report ready (at boot and on replacement).
+    ready_timeout: float = 60.0
+    #: Workers replaced at once during a rolling reload.
+    reload_batch: int = 1
+    #: Recycle a worker whose resident memory exceeds this many bytes (0: never).
+    max_memory: int = 0
 
     @property
     def policy(self) -> str:
@@ -96,6 +105,12 @@ class Config:
             raise ConfigError("--max-body-size must not be negative")
         if worker.limit_concurrency is not None and worker.limit_concurrency < 1:
             raise ConfigError("--limit-concurrency must be at least 1")
+        if self.ready_timeout <= 0:
+            raise ConfigError("--ready-timeout must be positive")
+        if self.reload_batch < 1:
+            raise ConfigError("--reload-batch must be at least 1")
+        if worker.max_requests < 0 or worker.max_requests_jitter < 0:
+            raise ConfigError("--max-requests and --max-requests-jitter must not be negative")
         if self.max_connections < self.workers:
             raise ConfigError("--max-connections must be at least --workers")
 

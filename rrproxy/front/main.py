@@ -14,7 +14,7 @@ from ..config import Config
 from .acceptor import accept_loop
 from .dispatcher import Dispatcher
 from .policies import RoundRobin
-from .supervisor import BootError, Supervisor
+from .supervisor import BootError, RestartStorm, Supervisor
 
 log = logging.getLogger("rrproxy.front")
 
@@ -98,9 +98,27 @@ class Front:
             await accept_loop(self.listener, self.dispatcher)
 
     async def _watch_signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        watched = (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+        )
+        with trio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                    if self._stopping:
+                        log.info("%s ignored: shutting down", name)
+                    elif signum == signal.SIGHUP:
+                        log.info("SIGHUP: rolling reload")
+                        self.supervisor.nursery.start_soon(self.supervisor.reload)
+                    elif signum == signal.SIGTTIN:
+                        self.supervisor.scale_up()
+                    else:
+                        self.supervisor.scale_down()
+                    continue
                 if not self._stopping:
                     self._stopping = True
                     announce(
@@ -141,15 +159,12 @@ def run(config: Config) -> int:
     try:
         trio.run(front.run)
     except BaseExceptionGroup as group:
-        boot = group.subgroup(BootError)
-        if boot is None:
-            raise
-        message = _first_leaf(boot)
-        print(f"rrproxy: error: {message}", file=sys.stderr, flush=True)
-        return 2
-    except BootError as exc:
-        print(f"rrproxy: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        for kind, code in ((BootError, 2), (RestartStorm, 3)):
+            matched = group.subgroup(kind)
+            if matched is not None:
+                print(f"rrproxy: error: {_first_leaf(matched)}", file=sys.stderr, flush=True)
+                return code
+        raise
     finally:
         try:
             listener.close()

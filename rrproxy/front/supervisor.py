@@ -1,9 +1,12 @@
-"""Supervisor: worker slots 1..N, each running one worker process at a time.
+"""Supervisor: worker slots 1..N, each running one worker process at a time (two
+while it is being replaced).
 
-It spawns fresh interpreters (never a fork of the running trio front), performs the
-Hello/Configure/Ready handshake over each worker's private channel, restarts
-workers that exit (with exponential backoff), and stops them gracefully. The front
-is the single source of truth for which workers exist and in which state.
+It spawns fresh interpreters (never a fork of the running trio front), restarts
+workers that exit (with exponential backoff), replaces them without dropping a
+request (rolling reload, memory and request limits: the new worker is ready before
+the old one stops taking connections), scales, watches health, and stops them
+gracefully. The front is the single source of truth for which workers exist and in
+which state; workers report, the supervisor decides.
 """
 
 from __future__ import annotations
@@ -18,21 +21,10 @@ import trio
 
 from ..config import Config
 from ..ipc.channel import ChannelClosed, WorkerChannel, socketpair
-from ..ipc.messages import (
-    PROTOCOL_VERSION,
-    Configure,
-    Failed,
-    Hello,
-    Load,
-    ProtocolError,
-    Ready,
-    Rejected,
-    Stats,
-    Stop,
-    Taken,
-)
+from ..ipc.messages import Stop
 from .dispatcher import Dispatcher
-from .workers import WorkerProcess, WorkerState
+from .link import WorkerLink
+from .workers import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")
 
@@ -40,17 +32,19 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 10.0
 #: A worker that stayed up this long resets its slot's backoff.
 BACKOFF_RESET_AFTER = 30.0
-#: Time a new worker gets to say Hello and then to report Ready.
-HELLO_TIMEOUT = 30.0
-READY_TIMEOUT = 120.0
-#: A worker that closed its channel gets this long to exit before it is killed.
-CHANNEL_EOF_GRACE = 2.0
-#: Protocol breaches after which a retiring worker is killed instead of drained.
-MAX_BREACHES = 100
+#: A worker that dies before it has been ready this long died "early". When workers
+#: keep dying early and none survives, rrproxy gives up instead of looping forever.
+EARLY_DEATH = 5.0
+#: How often health (heartbeats, channel, memory) is checked, at most.
+HEALTH_INTERVAL = 1.0
 
 
 class BootError(Exception):
     """A worker could not start during the initial boot: rrproxy exits 2."""
+
+
+class RestartStorm(Exception):
+    """Workers keep dying right after they start: rrproxy exits 3."""
 
 
 class Supervisor:
@@ -65,63 +59,104 @@ class Supervisor:
         self.listener = listener
         self.dispatcher = dispatcher
         self.announce = announce
+        self.slots: dict[int, Slot] = {}
         #: Live worker processes, in slot order: what the policy chooses from.
         self.workers: list[WorkerProcess] = []
-        self.restarts: dict[int, int] = {}
         self.stopping = False
+        self.reloading = False
         self._nursery: trio.Nursery | None = None
         self._boot_pending = config.workers
         self._booted = trio.Event()
         self._boot_error: BootError | None = None
         self._all_exited = trio.Event()
+        self._early_deaths = 0
+        self._last_failure = ""
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the supervisor is not running"
+        return self._nursery
 
     # --- running -------------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every slot; report started once all are ready. Raises BootError if
-        one cannot start. Returns after shutdown() once every worker has exited."""
+        one cannot start, RestartStorm if they keep dying. Returns after shutdown()
+        once every worker has exited."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for slot in range(1, self.config.workers + 1):
-                self.restarts[slot] = 0
-                nursery.start_soon(self._run_slot, slot)
+            for slot_id in range(1, self.config.workers + 1):
+                self._add_slot(slot_id, booting=True)
             nursery.start_soon(self._watch_health)
             await self._booted.wait()
             if self._boot_error is not None:
                 raise self._boot_error
             task_status.started()
 
-    async def _run_slot(self, slot: int) -> None:
+    def _add_slot(self, slot_id: int, booting: bool = False) -> Slot:
+        slot = Slot(slot_id)
+        self.slots[slot_id] = slot
+        self.nursery.start_soon(self._run_slot, slot, booting)
+        return slot
+
+    async def _run_slot(self, slot: Slot, booting: bool) -> None:
+        """Keep the slot's worker running: start it, and when the slot's current
+        worker exits (not merely replaced), start another after a backoff."""
         delay = BACKOFF_INITIAL
-        booting = True
         while not self.stopping:
-            started = trio.current_time()
-            worker = await self._run_worker(slot)
-            if self.stopping:
-                return
-            if booting and (worker is None or not worker.ever_ready):
-                reason = worker.failure if worker and worker.failure else None
-                if reason is None:
-                    what = worker.describe_exit() if worker else "failed to spawn"
-                    reason = f"worker {slot} exited ({what}) before it was ready"
+            worker = slot.current
+            if worker is None:
+                worker = await self._start_worker(slot)
+                if worker is None:  # could not even spawn
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                slot.current = worker
+            await worker.exited.wait()
+            if slot.current is not worker:
+                continue  # replaced (reload, recycling): the new one is ours now
+            slot.current = None
+            slot.last_exit = worker.failure or worker.describe_exit()
+            if self.stopping or slot.removed:
+                break
+            if booting and not worker.ever_ready:
+                reason = worker.failure or (
+                    f"worker {slot.id} exited ({worker.describe_exit()}) before it was ready"
+                )
                 self._fail_boot(BootError(reason))
                 return
             booting = False
-            if trio.current_time() - started >= BACKOFF_RESET_AFTER:
+            up_for = trio.current_time() - worker.ready_at if worker.ready_at else 0.0
+            if up_for >= BACKOFF_RESET_AFTER:
                 delay = BACKOFF_INITIAL
-            self.restarts[slot] += 1
-            assert worker is not None
+            self._count_death(worker, up_for)
+            slot.restarts += 1
             log.warning(
                 "worker %d (pid %d) %s (%s); restart %d in %.1f s",
-                slot,
+                slot.id,
                 worker.pid,
                 "exited" if worker.ever_ready else "failed to start",
-                worker.failure or worker.describe_exit(),
-                self.restarts[slot],
+                slot.last_exit,
+                slot.restarts,
                 delay,
             )
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
+        if slot.removed and self.slots.get(slot.id) is slot:
+            del self.slots[slot.id]
+
+    def _count_death(self, worker: WorkerProcess, up_for: float) -> None:
+        if worker.ever_ready and up_for >= EARLY_DEATH:
+            self._early_deaths = 0
+            return
+        self._early_deaths += 1
+        self._last_failure = worker.failure or worker.describe_exit()
+        limit = max(5, 3 * len(self.slots))
+        if self._early_deaths >= limit:
+            raise RestartStorm(
+                f"workers keep dying right after they start ({self._early_deaths} in a row, "
+                f"none stayed up {EARLY_DEATH:g} s); last: {self._last_failure}"
+            )
 
     def _fail_boot(self, error: BootError) -> None:
         if self._boot_error is None:
@@ -131,7 +166,7 @@ class Supervisor:
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.state = WorkerState.READY
-        worker.last_heard = trio.current_time()
+        worker.last_heard = worker.ready_at = trio.current_time()
         worker.ever_ready = True
         worker.ready.set()
         if not self._booted.is_set():
@@ -146,7 +181,8 @@ class Supervisor:
 
     # --- one worker process ------------------------------------------------------------
 
-    async def _spawn(self, slot: int) -> WorkerProcess:
+    async def _start_worker(self, slot: Slot) -> WorkerProcess | None:
+        """Spawn a worker for the slot and start its lifetime task."""
         front_end, worker_end = socketpair()
         try:
             process = await trio.lowlevel.open_process(
@@ -157,33 +193,42 @@ class Supervisor:
                     "--fd",
                     str(worker_end.fileno()),
                     "--slot",
-                    str(slot),
+                    str(slot.id),
                 ],
                 pass_fds=(worker_end.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
+        except OSError as exc:
+            front_end.close()
+            log.error("cannot start worker %d: %s", slot.id, exc)
+            return None
         finally:
             # Only the worker may hold its end: when it dies, we see EOF.
             worker_end.close()
         worker = WorkerProcess(
-            slot, process, WorkerChannel(front_end), self.config.worker.limit_concurrency
+            slot.id, process, WorkerChannel(front_end), self.config.worker.limit_concurrency
         )
         self.workers.append(worker)
         self.workers.sort(key=lambda w: w.slot)
+        self.nursery.start_soon(self._run_worker, worker)
         return worker
 
-    async def _run_worker(self, slot: int) -> WorkerProcess | None:
-        try:
-            worker = await self._spawn(slot)
-        except OSError as exc:
-            log.error("cannot start worker %d: %s", slot, exc)
-            return None
+    async def _run_worker(self, worker: WorkerProcess) -> None:
+        link = WorkerLink(
+            worker,
+            self.config,
+            self.listener,
+            self.dispatcher,
+            on_ready=self._worker_ready,
+            on_retire=self._on_retire,
+            quiet_failures=lambda: not self._booted.is_set(),
+        )
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._talk, worker)
+                nursery.start_soon(link.run)
                 await worker.process.wait()
-                # The channel reader ends at EOF, after every answer the worker sent
-                # has been processed; only then is re-handing safe.
+                # The link ends at the channel's EOF, after every answer the worker
+                # sent has been processed; only then is re-handing safe.
         finally:
             with trio.CancelScope(shield=True):
                 worker.kill()
@@ -197,161 +242,174 @@ class Supervisor:
                 self._all_exited.set()
             if self.dispatcher is not None:
                 self.dispatcher.reclaim(worker)
-        return worker
+            worker.exited.set()
 
-    async def _talk(self, worker: WorkerProcess) -> None:
-        """Read the worker's channel until EOF; any protocol breach kills it."""
-        try:
-            await self._handshake(worker)
-            await self._read(worker)
-        except ChannelClosed:
-            # Normally the worker exited. One that closed its channel but lives on
-            # is broken (nothing can reach it): give it a moment, then kill it.
-            with trio.move_on_after(CHANNEL_EOF_GRACE):
-                await worker.process.wait()
-            if worker.process.returncode is None:
-                log.error(
-                    "worker %d (pid %d) closed its channel but did not exit; killing it",
-                    worker.slot,
-                    worker.pid,
-                )
-                worker.kill()
-        except (ProtocolError, _Breach) as exc:
-            log.error(
-                "worker %d (pid %d) broke the protocol: %s; killing it",
-                worker.slot,
-                worker.pid,
-                exc,
-            )
-            worker.failure = worker.failure or f"protocol error: {exc}"
-            worker.kill()
-        except trio.TooSlowError:
-            log.error(
-                "worker %d (pid %d) did not start in time; killing it", worker.slot, worker.pid
-            )
-            worker.failure = worker.failure or "did not become ready in time"
-            worker.kill()
-
-    async def _handshake(self, worker: WorkerProcess) -> None:
-        with trio.fail_after(HELLO_TIMEOUT):
-            message, _fd = await worker.channel.receive()
-        if not isinstance(message, Hello):
-            raise _Breach(f"expected Hello, got {type(message).__name__}")
-        if message.version != PROTOCOL_VERSION:
-            raise _Breach(f"protocol version {message.version}, front speaks {PROTOCOL_VERSION}")
-        shared = self.config.policy == "none"
-        await worker.channel.send(
-            Configure(worker.slot, self.config.worker.to_dict(), has_listener=shared),
-            self.listener.fileno() if shared else None,
-        )
-        with trio.fail_after(READY_TIMEOUT):
-            while True:
-                message, _fd = await worker.channel.receive()
-                if isinstance(message, Ready):
-                    self._worker_ready(worker)
-                    return
-                if isinstance(message, Failed):
-                    worker.failure = message.message
-                    if self._booted.is_set():  # at boot, the exit line says it once
-                        log.error(
-                            "worker %d (pid %d) cannot start: %s",
-                            worker.slot,
-                            worker.pid,
-                            message.message,
-                        )
-                    continue
-                if isinstance(message, Stats):
-                    self._stats(worker, message)
-                    continue
-                raise _Breach(f"unexpected {type(message).__name__} before Ready")
-
-    async def _read(self, worker: WorkerProcess) -> None:
-        """Serve the worker's messages. A breach of the protocol retires the worker
-        gracefully: it gets no new connections and drains what it holds (its clients
-        are not punished for its bug), while its slot starts a replacement once it
-        exits. A worker that keeps sending garbage is killed."""
-        breaches = 0
-        while True:
-            try:
-                await self._read_one(worker)
-            except (ProtocolError, _Breach) as exc:
-                breaches += 1
-                if breaches == 1:
-                    log.error(
-                        "worker %d (pid %d) broke the protocol: %s; retiring it",
-                        worker.slot,
-                        worker.pid,
-                        exc,
-                    )
-                    worker.failure = f"protocol error: {exc}"
-                    self._retire(worker)
-                elif breaches >= MAX_BREACHES:
-                    log.error(
-                        "worker %d (pid %d) keeps breaking the protocol; killing it",
-                        worker.slot,
-                        worker.pid,
-                    )
-                    worker.kill()
-                    return
-
-    def _retire(self, worker: WorkerProcess) -> None:
-        """No new connections; drain, then exit (the health check kills it if not)."""
-        if worker.state is not WorkerState.READY:
+    def _stop(self, worker: WorkerProcess, timeout: float | None = None) -> None:
+        """Out of rotation at once; the worker drains and exits (killed by the health
+        check or shutdown if it does not)."""
+        if worker.state is WorkerState.STOPPED:
             return
         worker.state = WorkerState.DRAINING
         try:
-            if not worker.channel.send_nowait(Stop(self.config.worker.graceful_timeout)):
-                assert self._nursery is not None
-                self._nursery.start_soon(worker.channel.flush)
+            stop = Stop(self.config.worker.graceful_timeout if timeout is None else timeout)
+            if not worker.channel.send_nowait(stop):
+                self.nursery.start_soon(worker.channel.flush)
         except ChannelClosed:
             pass
 
-    async def _read_one(self, worker: WorkerProcess) -> None:
-        dispatcher = self.dispatcher
-        channel = worker.channel
-        while True:
-            message, _fd = await channel.receive()
-            kind = type(message)
-            worker.last_heard = trio.current_time()
-            if kind is Taken:
-                if dispatcher is None:
-                    raise _Breach("Taken under a policy without handoff")
-                worker.connections_active = message.active  # type: ignore[attr-defined]
-                dispatcher.taken(worker, message.conn_id)  # type: ignore[attr-defined]
-            elif kind is Load:
-                worker.connections_active = message.active  # type: ignore[attr-defined]
-                if dispatcher is not None:
-                    dispatcher.load_changed()
-            elif kind is Stats:
-                self._stats(worker, message)  # type: ignore[arg-type]
-            elif kind is Rejected:
-                if dispatcher is None:
-                    raise _Breach("Rejected under a policy without handoff")
-                dispatcher.rejected(worker, message.conn_id)  # type: ignore[attr-defined]
-            else:
-                raise _Breach(f"unexpected {kind.__name__}")
+    # --- replacing workers without dropping a request -------------------------------------
 
-    def _stats(self, worker: WorkerProcess, stats: Stats) -> None:
-        for name in ("connections_total", "connections_active", "requests_total"):
-            if getattr(stats, name) < 0:
-                raise _Breach(f"negative {name}")
-        worker.connections_total = stats.connections_total
-        worker.connections_active = stats.connections_active
-        worker.requests_total = stats.requests_total
-        worker.last_heard = trio.current_time()
+    def _on_retire(self, worker: WorkerProcess, reason: str) -> None:
+        """A worker asked to be replaced (request limit) or broke the protocol."""
+        slot = self.slots.get(worker.slot)
+        if slot is None or slot.current is not worker or worker.state is not WorkerState.READY:
+            return
+        self.recycle(slot, reason)
+
+    def recycle(self, slot: Slot, reason: str) -> None:
+        if self.stopping:
+            return
+        if slot.replacing:
+            slot.recycle_pending = reason  # once the replacement under way is done
+            return
+        log.info(
+            "recycling worker %d (pid %d): %s",
+            slot.id,
+            slot.current.pid if slot.current else 0,
+            reason,
+        )
+        self.nursery.start_soon(self.replace, slot)
+
+    async def replace(self, slot: Slot) -> bool:
+        """Start the slot's new worker, wait until it is ready, then take the old one
+        out of rotation and let it drain. If the new one does not become ready, the
+        old one keeps serving and False is returned."""
+        if slot.replacing or self.stopping:
+            return False
+        slot.replacing = True
+        try:
+            old = slot.current
+            new = await self._start_worker(slot)
+            if new is None:
+                return False
+            with trio.move_on_after(self.config.ready_timeout + 1):
+                async with trio.open_nursery() as race:
+
+                    async def first_of(event: trio.Event) -> None:
+                        await event.wait()
+                        race.cancel_scope.cancel()
+
+                    race.start_soon(first_of, new.ready)
+                    race.start_soon(first_of, new.exited)
+            if not new.ready.is_set() or new.exited.is_set() or self.stopping:
+                new.kill()
+                log.error(
+                    "replacement for worker %d failed (%s); worker %d (pid %s) keeps serving",
+                    slot.id,
+                    new.failure or new.describe_exit(),
+                    slot.id,
+                    old.pid if old else "-",
+                )
+                return False
+            slot.current = new
+            if old is not None and not old.exited.is_set():
+                self._stop(old)
+                await old.exited.wait()
+            return True
+        finally:
+            slot.replacing = False
+            pending, slot.recycle_pending = slot.recycle_pending, None
+            if pending and slot.current is not None and not self.stopping:
+                self.recycle(slot, pending)
+
+    async def reload(self) -> bool:
+        """Rolling reload: replace workers --reload-batch at a time, each new one
+        importing the app afresh. Stops at the first replacement that fails, keeping
+        the old workers of the remaining slots."""
+        if self.reloading or self.stopping:
+            log.warning("a reload is already under way; ignoring this one")
+            return False
+        self.reloading = True
+        try:
+            ids = sorted(self.slots)
+            batch = max(1, self.config.reload_batch)
+            log.info("rolling reload of %d workers, %d at a time", len(ids), batch)
+            for start in range(0, len(ids), batch):
+                results: list[bool] = []
+                async with trio.open_nursery() as nursery:
+                    for slot_id in ids[start : start + batch]:
+                        slot = self.slots.get(slot_id)
+                        if slot is not None and not slot.removed:
+                            nursery.start_soon(self._replace_into, slot, results)
+                if not all(results):
+                    log.error("reload aborted: the remaining workers keep their old code")
+                    return False
+            log.info("reload complete: %d workers replaced", len(ids))
+            return True
+        finally:
+            self.reloading = False
+
+    async def _replace_into(self, slot: Slot, results: list[bool]) -> None:
+        results.append(await self.replace(slot))
+
+    # --- scaling ---------------------------------------------------------------------------
+
+    @property
+    def worker_count(self) -> int:
+        return sum(1 for slot in self.slots.values() if not slot.removed)
+
+    def scale_up(self) -> None:
+        if self.stopping:
+            return
+        slot_id = 1
+        while slot_id in self.slots:
+            slot_id += 1
+        self._add_slot(slot_id)
+        log.info("scaling up: worker %d added (%d workers)", slot_id, self.worker_count)
+
+    def scale_down(self) -> None:
+        live = sorted(s.id for s in self.slots.values() if not s.removed)
+        if len(live) <= 1:
+            log.warning("scaling down: already at 1 worker")
+            return
+        slot = self.slots[live[-1]]
+        slot.removed = True
+        if slot.current is not None:
+            self._stop(slot.current)
+        log.info(
+            "scaling down: worker %d drains and leaves (%d workers)", slot.id, self.worker_count
+        )
+
+    def scale_to(self, count: int) -> None:
+        while self.worker_count < count:
+            self.scale_up()
+        while self.worker_count > max(count, 1):
+            self.scale_down()
+
+    # --- health ---------------------------------------------------------------------------
 
     async def _watch_health(self) -> None:
         """Heartbeats come from each worker's event loop (its Stats), so a handler
         that blocks the loop silences them: after --timeout the worker is killed and
-        its slot restarts it. A worker that stops reading its channel is the same."""
+        its slot restarts it. A worker that stops reading its channel is the same.
+        A worker above --max-memory is recycled (replacement first, then drain)."""
         timeout = self.config.timeout
-        if timeout <= 0:
-            return
+        max_memory = self.config.max_memory
+        interval = HEALTH_INTERVAL if timeout <= 0 else min(HEALTH_INTERVAL, timeout / 4)
         while True:
-            await trio.sleep(min(1.0, timeout / 4))
+            await trio.sleep(interval)
             now = trio.current_time()
             for worker in list(self.workers):
-                if worker.state not in (WorkerState.READY, WorkerState.DRAINING):
+                if worker.state is WorkerState.READY and max_memory:
+                    rss = worker.rss_bytes()
+                    slot = self.slots.get(worker.slot)
+                    if rss is not None and rss > max_memory and slot and slot.current is worker:
+                        self.recycle(
+                            slot,
+                            f"resident memory {rss / 2**20:.0f} MiB above --max-memory "
+                            f"{max_memory / 2**20:.0f} MiB",
+                        )
+                if timeout <= 0 or worker.state not in (WorkerState.READY, WorkerState.DRAINING):
                     continue
                 silent = now - worker.last_heard
                 full_for = (
@@ -383,13 +441,11 @@ class Supervisor:
         self.stopping = True
         if not self.workers:
             return
-        async with trio.open_nursery() as nursery:
-            for worker in list(self.workers):
-                self._stop_worker(worker, timeout, nursery)
-            # The workers enforce `timeout` themselves; the margin covers their exit.
-            with trio.move_on_after(timeout + 2.0):
-                await self._all_exited.wait()
-            nursery.cancel_scope.cancel()
+        for worker in list(self.workers):
+            self._stop(worker, timeout)
+        # The workers enforce `timeout` themselves; the margin covers their exit.
+        with trio.move_on_after(timeout + 2.0):
+            await self._all_exited.wait()
         for worker in list(self.workers):
             log.warning(
                 "worker %d (pid %d) did not stop in time; killing it", worker.slot, worker.pid
@@ -397,19 +453,7 @@ class Supervisor:
             worker.kill()
         await self._all_exited.wait()
 
-    def _stop_worker(self, worker: WorkerProcess, timeout: float, nursery: trio.Nursery) -> None:
-        worker.state = WorkerState.DRAINING
-        try:
-            if not worker.channel.send_nowait(Stop(timeout)):
-                nursery.start_soon(worker.channel.flush)
-        except ChannelClosed:
-            pass
-
     def kill_all(self) -> None:
         self.stopping = True
         for worker in list(self.workers):
             worker.kill()
-
-
-class _Breach(Exception):
-    """The worker sent something valid but out of place."""

@@ -20,6 +20,9 @@ SOFT_WINDOW = 8
 HARD_WINDOW = 1024
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
 class WorkerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -54,7 +57,9 @@ class WorkerProcess:
         self.state = WorkerState.STARTING
         self.started_at = time.time()
         self.ready = trio.Event()
+        self.exited = trio.Event()
         self.ever_ready = False
+        self.ready_at: float | None = None
         self.failure: str | None = None
         self.unacked: dict[int, PendingConn] = {}
         self.channel_full = False
@@ -92,6 +97,14 @@ class WorkerProcess:
         elif self.channel_full_since is None:
             self.channel_full_since = trio.current_time()
 
+    def rss_bytes(self) -> int | None:
+        """Resident memory, from /proc (None once the process is gone)."""
+        try:
+            with open(f"/proc/{self.pid}/statm") as statm:
+                return int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
+
     def kill(self) -> None:
         """SIGKILL, tolerating a process that is already gone."""
         if self.process.returncode is None:
@@ -115,18 +128,25 @@ class WorkerProcess:
         return f"<worker {self.slot} pid {self.pid} {self.state.value}>"
 
 
+@dataclass(eq=False)
+class Slot:
+    """A stable worker id (1..N). Its process changes on restart, reload and
+    recycling; during a replacement the old process drains beside the new one."""
+
+    id: int
+    current: WorkerProcess | None = None
+    restarts: int = 0
+    #: Set by scale-down: when its worker exits, the slot ends instead of restarting.
+    removed: bool = False
+    #: A replacement is under way (reload, memory or request limit).
+    replacing: bool = False
+    #: A recycle asked for while a replacement was under way.
+    recycle_pending: str | None = None
+    last_exit: str | None = None
+
+
 def close_quietly(sock: socket.socket) -> None:
     try:
         sock.close()
     except OSError:
         pass
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

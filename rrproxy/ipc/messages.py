@@ -144,8 +144,17 @@ class Stop(Message):
     timeout: float
 
 
+@dataclass(frozen=True, slots=True)
+class Retire(Message):
+    """worker -> front: please replace me (e.g. --max-requests reached). The worker
+    keeps serving until the front has a replacement ready and sends Stop."""
+
+    TAG: ClassVar[int] = 22
+    reason: str
+
+
 _JSON: dict[int, type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Configure, Ready, Failed, Stats, Stop)
+    cls.TAG: cls for cls in (Hello, Configure, Ready, Failed, Stats, Stop, Retire)
 }
 
 

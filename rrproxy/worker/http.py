@@ -40,6 +40,9 @@ from ..protocol.http import (
 if TYPE_CHECKING:
     from .server import WorkerServer
 
+#: Mirrors server.DRAIN_IDLE_GRACE (imported lazily there to avoid a cycle).
+DRAIN_IDLE_GRACE = 1.0
+
 log = logging.getLogger("rrproxy.worker")
 
 RECV_SIZE = 64 * 1024
@@ -202,9 +205,9 @@ class HTTPConnection:
                 return None
             if event is _NEED_DATA:
                 idle = self.requests > 0 and not conn.trailing_data[0]
-                if idle and self.server.draining:
-                    return None
                 timeout = config.keep_alive if idle else config.header_timeout
+                if idle and self.server.draining:
+                    timeout = min(timeout, DRAIN_IDLE_GRACE)
                 with trio.move_on_after(timeout) as scope:
                     if idle:
                         self.idle_scope = scope
@@ -237,6 +240,8 @@ class HTTPConnection:
         """Serve one request; True if the connection may carry another."""
         server = self.server
         server.requests_total += 1
+        if server.requests_total == server.retire_after:
+            server.request_limit_reached()
         length = declared_length(event.headers)
         if length is not None and length > self._body_limit:
             # Refused before reading a byte of it (and before the handler runs).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ from ..ipc.messages import (
     ProtocolError,
     Ready,
     Rejected,
+    Retire,
     Stats,
     Stop,
     Taken,
@@ -58,6 +60,14 @@ class Worker:
         self._stop = trio.Event()
         self._stop_timeout = server.config.graceful_timeout
         self._nursery: trio.Nursery | None = None
+
+    def ask_to_retire(self, reason: str) -> None:
+        """Ask the front for a replacement; keep serving until it says Stop."""
+        log.info("asking to be replaced: %s", reason)
+        try:
+            self._send(Retire(reason))
+        except ChannelClosed:
+            pass
 
     def request_stop(self, timeout: float | None = None) -> None:
         if timeout is not None:
@@ -105,7 +115,7 @@ class Worker:
         server = self.server
         return Stats(server.connections_total, server.connections_active, server.requests_total)
 
-    def _send(self, message: Taken | Rejected | Stats | Load) -> None:
+    def _send(self, message: Taken | Rejected | Stats | Load | Retire) -> None:
         """Send from synchronous code; if the front's queue is full, flush later."""
         if not self.channel.send_nowait(message) and self._nursery is not None:
             self._nursery.start_soon(self.channel.flush)
@@ -215,8 +225,15 @@ async def _main(sock: socket.socket, slot: int) -> int:
     except AppLoadError as exc:
         await channel.send(Failed("app", str(exc)))
         return EXIT_BOOT_ERROR
-    server = WorkerServer(config, message.worker_id, handler, is_coroutine_callable(handler))
-    await Worker(channel, server, listener).run()
+    retire_after = 0
+    if config.max_requests > 0:
+        retire_after = config.max_requests + random.randint(0, config.max_requests_jitter)
+    server = WorkerServer(
+        config, message.worker_id, handler, is_coroutine_callable(handler), retire_after
+    )
+    worker = Worker(channel, server, listener)
+    server.on_retire = worker.ask_to_retire
+    await worker.run()
     return 0
 
 

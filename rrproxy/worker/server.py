@@ -20,6 +20,10 @@ _ACCEPT_BATCH = 16
 #: How often the worker looks for clients that left while their handler runs, and
 #: how long a handler must have run before it is looked at (the hot path pays nothing).
 DISCONNECT_SWEEP_INTERVAL = 0.5
+#: When draining, an idle keep-alive connection gets this long to send one more
+#: request (answered with Connection: close) before it is closed: a busy client then
+#: never sees its connection vanish under a request it is just sending.
+DRAIN_IDLE_GRACE = 1.0
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -30,6 +34,8 @@ class WorkerServer:
         worker_id: int,
         handler: Callable[..., Any],
         handler_is_async: bool,
+        retire_after: int = 0,
+        on_retire: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
@@ -39,6 +45,9 @@ class WorkerServer:
         self.connections: set[HTTPConnection] = set()
         self.connections_total = 0
         self.requests_total = 0
+        #: requests_total at which the worker asks to be replaced (0: never).
+        self.retire_after = retire_after
+        self.on_retire = on_retire
         self._nursery: trio.Nursery | None = None
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -46,6 +55,11 @@ class WorkerServer:
         self.load_changed = trio.Event()
         self._below_cap = trio.Event()
         self._below_cap.set()
+
+    def request_limit_reached(self) -> None:
+        """Called by a connection when requests_total hits retire_after."""
+        if self.on_retire is not None:
+            self.on_retire(f"served {self.requests_total} requests (--max-requests)")
 
     @property
     def connections_active(self) -> int:
@@ -139,9 +153,11 @@ class WorkerServer:
         """Finish in-flight requests (their responses say Connection: close), close
         idle keep-alive connections, and return when none is left or at `timeout`."""
         self.draining = True
+        deadline = trio.current_time() + DRAIN_IDLE_GRACE
         for connection in list(self.connections):
-            if connection.idle_scope is not None:
-                connection.idle_scope.cancel()
+            scope = connection.idle_scope
+            if scope is not None and scope.deadline > deadline:
+                scope.deadline = deadline
         with trio.move_on_after(timeout):
             await self._all_closed.wait()
         if self.connections:

@@ -1,0 +1,206 @@
+"""WorkerLink: the front's side of the conversation with one worker process.
+
+Handshake (Hello -> Configure -> Ready), then every message the worker sends, each
+validated before use. The supervisor decides what happens to workers; the link only
+reports (ready, retire requests, breaches) and keeps the worker's counters current.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+from ..config import Config
+from ..ipc.channel import ChannelClosed
+from ..ipc.messages import (
+    PROTOCOL_VERSION,
+    Configure,
+    Failed,
+    Hello,
+    Load,
+    ProtocolError,
+    Ready,
+    Rejected,
+    Retire,
+    Stats,
+    Taken,
+)
+from .dispatcher import Dispatcher
+from .workers import WorkerProcess
+
+log = logging.getLogger("rrproxy.front")
+
+#: Time a new worker gets to say Hello.
+HELLO_TIMEOUT = 30.0
+#: A worker that closed its channel gets this long to exit before it is killed.
+CHANNEL_EOF_GRACE = 2.0
+#: Protocol breaches after which a retiring worker is killed instead of drained.
+MAX_BREACHES = 100
+
+
+class Breach(Exception):
+    """The worker sent something well-formed but out of place."""
+
+
+class WorkerLink:
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        config: Config,
+        listener: socket.socket,
+        dispatcher: Dispatcher | None,
+        *,
+        on_ready: Callable[[WorkerProcess], None],
+        on_retire: Callable[[WorkerProcess, str], None],
+        quiet_failures: Callable[[], bool],
+    ) -> None:
+        self.worker = worker
+        self.config = config
+        self.listener = listener
+        self.dispatcher = dispatcher
+        self.on_ready = on_ready
+        self.on_retire = on_retire
+        self.quiet_failures = quiet_failures
+
+    async def run(self) -> None:
+        """Talk to the worker until its channel ends. Never raises for anything the
+        worker does: a handshake breach or timeout kills it, a later breach retires
+        it (its clients are not punished for its bug), a flood of them kills it."""
+        worker = self.worker
+        try:
+            await self._handshake()
+            await self._serve()
+        except ChannelClosed:
+            # Normally the worker exited. One that closed its channel but lives on
+            # is broken (nothing can reach it): give it a moment, then kill it.
+            with trio.move_on_after(CHANNEL_EOF_GRACE):
+                await worker.process.wait()
+            if worker.process.returncode is None:
+                log.error(
+                    "worker %d (pid %d) closed its channel but did not exit; killing it",
+                    worker.slot,
+                    worker.pid,
+                )
+                worker.kill()
+        except (ProtocolError, Breach) as exc:
+            log.error(
+                "worker %d (pid %d) broke the protocol while starting: %s; killing it",
+                worker.slot,
+                worker.pid,
+                exc,
+            )
+            worker.failure = worker.failure or f"protocol error: {exc}"
+            worker.kill()
+        except trio.TooSlowError:
+            log.error(
+                "worker %d (pid %d) did not start within %g s; killing it",
+                worker.slot,
+                worker.pid,
+                self.config.ready_timeout,
+            )
+            worker.failure = worker.failure or "did not become ready in time"
+            worker.kill()
+
+    async def _handshake(self) -> None:
+        worker = self.worker
+        with trio.fail_after(HELLO_TIMEOUT):
+            message, _fd = await worker.channel.receive()
+        if not isinstance(message, Hello):
+            raise Breach(f"expected Hello, got {type(message).__name__}")
+        if message.version != PROTOCOL_VERSION:
+            raise Breach(f"protocol version {message.version}, front speaks {PROTOCOL_VERSION}")
+        shared = self.config.policy == "none"
+        await worker.channel.send(
+            Configure(worker.slot, self.config.worker.to_dict(), has_listener=shared),
+            self.listener.fileno() if shared else None,
+        )
+        with trio.fail_after(self.config.ready_timeout):
+            while True:
+                message, _fd = await worker.channel.receive()
+                if isinstance(message, Ready):
+                    self.on_ready(worker)
+                    return
+                if isinstance(message, Failed):
+                    worker.failure = message.message
+                    if not self.quiet_failures():
+                        log.error(
+                            "worker %d (pid %d) cannot start: %s",
+                            worker.slot,
+                            worker.pid,
+                            message.message,
+                        )
+                    continue
+                if isinstance(message, Stats):
+                    self._stats(message)
+                    continue
+                raise Breach(f"unexpected {type(message).__name__} before Ready")
+
+    async def _serve(self) -> None:
+        worker = self.worker
+        breaches = 0
+        while True:
+            try:
+                await self._read()
+            except (ProtocolError, Breach) as exc:
+                breaches += 1
+                if breaches == 1:
+                    log.error(
+                        "worker %d (pid %d) broke the protocol: %s; retiring it",
+                        worker.slot,
+                        worker.pid,
+                        exc,
+                    )
+                    worker.failure = f"protocol error: {exc}"
+                    self.on_retire(worker, f"protocol error: {exc}")
+                elif breaches >= MAX_BREACHES:
+                    log.error(
+                        "worker %d (pid %d) keeps breaking the protocol; killing it",
+                        worker.slot,
+                        worker.pid,
+                    )
+                    worker.kill()
+                    return
+
+    async def _read(self) -> None:
+        worker = self.worker
+        dispatcher = self.dispatcher
+        channel = worker.channel
+        while True:
+            message, _fd = await channel.receive()
+            kind = type(message)
+            worker.last_heard = trio.current_time()
+            if kind is Taken:
+                if dispatcher is None:
+                    raise Breach("Taken under a policy without handoff")
+                worker.connections_active = message.active  # type: ignore[attr-defined]
+                dispatcher.taken(worker, message.conn_id)  # type: ignore[attr-defined]
+            elif kind is Load:
+                worker.connections_active = message.active  # type: ignore[attr-defined]
+                if dispatcher is not None:
+                    dispatcher.load_changed()
+            elif kind is Stats:
+                self._stats(message)  # type: ignore[arg-type]
+            elif kind is Rejected:
+                if dispatcher is None:
+                    raise Breach("Rejected under a policy without handoff")
+                dispatcher.rejected(worker, message.conn_id)  # type: ignore[attr-defined]
+            elif kind is Retire:
+                self.on_retire(worker, message.reason)  # type: ignore[attr-defined]
+            else:
+                raise Breach(f"unexpected {kind.__name__}")
+
+    def _stats(self, stats: Stats) -> None:
+        for name in ("connections_total", "connections_active", "requests_total"):
+            if getattr(stats, name) < 0:
+                raise Breach(f"negative {name}")
+        worker = self.worker
+        worker.connections_total = stats.connections_total
+        worker.connections_active = stats.connections_active
+        worker.requests_total = stats.requests_total
+        worker.last_heard = trio.current_time()
+
+
+__all__ = ["Breach", "ChannelClosed", "WorkerLink"]
