@@ -97,3 +97,14 @@ def sync_handler(request: Request) -> str:
 
 
 not_callable = 42
+
+
+_hoard: list[bytes] = []
+
+
+async def memory_handler(request: Request) -> Response:
+    """/grow?mb=N keeps N MiB alive in this worker (to cross --max-memory)."""
+    if request.path == "/grow":
+        megabytes = int(_arg(request, "mb", "50"))
+        _hoard.append(b"x" * (megabytes * 2**20))
+    return Response(200, f"pid={os.getpid()}\n", _who(request))

@@ -1,0 +1,10 @@
+"""Imports fine and reports ready, then dies a moment later: a restart storm."""
+
+import os
+import threading
+
+threading.Timer(0.2, lambda: os._exit(1)).start()
+
+
+async def handler(request):  # noqa: ANN001, ANN201
+    return "never for long"
