@@ -118,16 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="open connections in all; above it new ones wait in the kernel backlog",
     )
-    parser.add_argument(
+    lifecycle = parser.add_argument_group(
+        "lifecycle", "reload, recycling and health (see 'Signals' in the README)"
+    )
+    lifecycle.add_argument(
         "--timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="a worker whose event loop sends no heartbeat for this long is killed and "
         "replaced (0: never)",
-    )
-    lifecycle = parser.add_argument_group(
-        "lifecycle", "reload, recycling and health (see 'Signals' in the README)"
     )
     lifecycle.add_argument(
         "--ready-timeout",
