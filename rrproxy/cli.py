@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -17,7 +18,9 @@ from .config import (
     parse_size,
 )
 from .fdlimit import raise_fd_limit
-from .logs import LEVELS, setup_logging
+from .logs import FORMATS, LEVELS, setup_logging
+
+CONTROL_COMMANDS = ("status", "reload", "scale", "stop")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,6 +168,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="add a random 0..J to --max-requests per worker, so they do not recycle together",
     )
+    observe = parser.add_argument_group("observability", "admin interface and logs")
+    observe.add_argument(
+        "--admin",
+        default=None,
+        metavar="ADDR",
+        help="admin interface: unix:/path (created 0600) or HOST:PORT (loopback unless "
+        "--admin-token is set), or off (default: a private unix socket, "
+        "$XDG_RUNTIME_DIR/rrproxy/admin-PORT.sock or /tmp/rrproxy-UID/admin-PORT.sock)",
+    )
+    observe.add_argument(
+        "--admin-token",
+        default=os.environ.get("RRPROXY_ADMIN_TOKEN"),
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on every admin request "
+        "(default: $RRPROXY_ADMIN_TOKEN)",
+    )
+    observe.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text lines or one JSON object per line",
+    )
+    observe.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request: client, method, path, status, bytes, duration, worker",
+    )
+    observe.add_argument(
+        "--log-file",
+        default=None,
+        metavar="PATH",
+        help="append logs here instead of stderr; SIGUSR1 reopens it",
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -204,6 +240,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests=args.max_requests,
         max_requests_jitter=args.max_requests_jitter,
         debug=args.debug,
+        access_log=args.access_log,
+        log_format=args.log_format,
+        log_file=os.path.abspath(args.log_file) if args.log_file else None,
     )
     return Config(
         worker=worker,
@@ -216,10 +255,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ready_timeout=args.ready_timeout,
         reload_batch=args.reload_batch,
         max_memory=args.max_memory,
+        admin=args.admin,
+        admin_token=args.admin_token,
     )
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CONTROL_COMMANDS:
+        from .control import main as control_main
+
+        sys.exit(control_main(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -228,7 +274,24 @@ def main(argv: list[str] | None = None) -> NoReturn:
         config.validate()
     except (AppSpecError, ConfigError) as exc:
         parser.error(str(exc))
-    setup_logging(config.worker.log_level, "front")
+    if config.admin not in (None, "off"):
+        try:
+            from .front.admin import parse_admin
+
+            parse_admin(config.admin, config.admin_token)
+        except ConfigError as exc:
+            parser.error(str(exc))
+    worker = config.worker
+    try:
+        setup_logging(
+            worker.log_level,
+            {"pid": os.getpid()},
+            worker.log_format,
+            worker.log_file,
+            worker.access_log,
+        )
+    except OSError as exc:
+        parser.error(f"cannot open --log-file: {exc}")
     raise_fd_limit()
     from .front.main import BindError, run  # trio is imported only to serve
 

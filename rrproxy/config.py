@@ -45,6 +45,9 @@ class WorkerConfig:
     max_requests_jitter: int = 0
     stats_interval: float = 1.0
     debug: bool = False
+    access_log: bool = False
+    log_format: str = "text"
+    log_file: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +80,9 @@ class Config:
     reload_batch: int = 1
     #: Recycle a worker whose resident memory exceeds this many bytes (0: never).
     max_memory: int = 0
+    #: "unix:/path", "HOST:PORT", "off", or None for the default private socket.
+    admin: str | None = None
+    admin_token: str | None = None
 
     @property
     def policy(self) -> str:

@@ -16,6 +16,7 @@ import trio
 from ..config import Config
 from ..ipc.channel import ChannelClosed
 from ..ipc.messages import (
+    LATENCY_BUCKETS,
     PROTOCOL_VERSION,
     Configure,
     Failed,
@@ -27,6 +28,7 @@ from ..ipc.messages import (
     Retire,
     Stats,
     Taken,
+    UserMessage,
 )
 from .dispatcher import Dispatcher
 from .workers import WorkerProcess
@@ -55,7 +57,9 @@ class WorkerLink:
         *,
         on_ready: Callable[[WorkerProcess], None],
         on_retire: Callable[[WorkerProcess, str], None],
+        on_user_message: Callable[[WorkerProcess, UserMessage], None],
         quiet_failures: Callable[[], bool],
+        worker_count: Callable[[], int],
     ) -> None:
         self.worker = worker
         self.config = config
@@ -63,7 +67,9 @@ class WorkerLink:
         self.dispatcher = dispatcher
         self.on_ready = on_ready
         self.on_retire = on_retire
+        self.on_user_message = on_user_message
         self.quiet_failures = quiet_failures
+        self.worker_count = worker_count
 
     async def run(self) -> None:
         """Talk to the worker until its channel ends. Never raises for anything the
@@ -114,7 +120,12 @@ class WorkerLink:
             raise Breach(f"protocol version {message.version}, front speaks {PROTOCOL_VERSION}")
         shared = self.config.policy == "none"
         await worker.channel.send(
-            Configure(worker.slot, self.config.worker.to_dict(), has_listener=shared),
+            Configure(
+                worker.slot,
+                self.config.worker.to_dict(),
+                has_listener=shared,
+                worker_count=self.worker_count(),
+            ),
             self.listener.fileno() if shared else None,
         )
         with trio.fail_after(self.config.ready_timeout):
@@ -189,6 +200,11 @@ class WorkerLink:
                 dispatcher.rejected(worker, message.conn_id)  # type: ignore[attr-defined]
             elif kind is Retire:
                 self.on_retire(worker, message.reason)  # type: ignore[attr-defined]
+            elif kind is UserMessage:
+                to = message.to  # type: ignore[attr-defined]
+                if to not in ("front", "all") and not to.isdigit():
+                    raise Breach(f"user message to {to!r}")
+                self.on_user_message(worker, message)  # type: ignore[arg-type]
             else:
                 raise Breach(f"unexpected {kind.__name__}")
 
@@ -196,11 +212,32 @@ class WorkerLink:
         for name in ("connections_total", "connections_active", "requests_total"):
             if getattr(stats, name) < 0:
                 raise Breach(f"negative {name}")
+        statuses = stats.statuses
+        if len(statuses) > 1000 or not all(
+            isinstance(k, str) and k.isdigit() and len(k) == 3 and _count(v)
+            for k, v in statuses.items()
+        ):
+            raise Breach("malformed status counts")
+        counts = stats.latency_counts
+        if counts and (len(counts) != len(LATENCY_BUCKETS) + 1 or not all(map(_count, counts))):
+            raise Breach("malformed latency histogram")
+        if stats.latency_sum < 0:
+            raise Breach("negative latency sum")
         worker = self.worker
         worker.connections_total = stats.connections_total
         worker.connections_active = stats.connections_active
         worker.requests_total = stats.requests_total
-        worker.last_heard = trio.current_time()
+        worker.statuses = {int(k): v for k, v in statuses.items()}
+        if counts:
+            worker.latency_counts = list(counts)
+        worker.latency_sum = float(stats.latency_sum)
+        worker.last_heard = now = trio.current_time()
+        worker.stats_received += 1
+        worker.rate_samples.append((now, stats.requests_total))
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 __all__ = ["Breach", "ChannelClosed", "WorkerLink"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import signal
@@ -10,8 +11,10 @@ import sys
 
 import trio
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..logs import reopen_log_file
 from .acceptor import accept_loop
+from .admin import AdminServer, bind_admin, default_admin, parse_admin
 from .dispatcher import Dispatcher
 from .policies import RoundRobin
 from .supervisor import BootError, RestartStorm, Supervisor
@@ -64,9 +67,18 @@ def announce(line: str) -> None:
 
 
 class Front:
-    def __init__(self, config: Config, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listener: socket.socket,
+        admin_sock: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.listener = listener
+        self.url = _url(listener)
+        self.admin = (
+            AdminServer(self, admin_sock, config.admin_token) if admin_sock is not None else None
+        )
         self.dispatcher: Dispatcher | None = None
         if config.policy == "rr":
             self.dispatcher = Dispatcher(
@@ -78,15 +90,25 @@ class Front:
         self.supervisor = Supervisor(config, listener, self.dispatcher, announce)
         self._accept_scope = trio.CancelScope()
         self._stopping = False
+        self._nursery: trio.Nursery | None = None
         self.exit_code = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signals, nursery)
+            self._nursery = nursery
+            nursery.start_soon(self._watch_signals)
+            if self.admin is not None:
+                # Up before the workers, and independent of them.
+                nursery.start_soon(self.admin.serve)
             await nursery.start(self.supervisor.run)
+            admin = f", admin {self.config.admin}" if self.config.admin else ""
             announce(
-                f"rrproxy: listening on {_url(self.listener)} "
-                f"(policy {self.config.policy}, {self.config.workers} workers)"
+                f"rrproxy: listening on {self.url} "
+                f"(policy {self.config.policy}, {self.config.workers} workers{admin})"
             )
             if self.dispatcher is not None:
                 nursery.start_soon(self.dispatcher.run)
@@ -97,17 +119,35 @@ class Front:
         with self._accept_scope:
             await accept_loop(self.listener, self.dispatcher)
 
-    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+    def request_stop(self, why: str) -> None:
+        """Begin the graceful stop (once)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        announce(
+            f"rrproxy: {why}: shutting down gracefully "
+            f"(up to {self.config.worker.graceful_timeout:g} s)"
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._graceful_stop, self._nursery)
+
+    async def _watch_signals(self) -> None:
         watched = (
             signal.SIGINT,
             signal.SIGTERM,
             signal.SIGHUP,
             signal.SIGTTIN,
             signal.SIGTTOU,
+            signal.SIGUSR1,
         )
         with trio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGUSR1:
+                    if reopen_log_file():
+                        self.supervisor.reopen_logs()
+                        log.info("SIGUSR1: log file reopened")
+                    continue
                 if signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                     if self._stopping:
                         log.info("%s ignored: shutting down", name)
@@ -120,17 +160,13 @@ class Front:
                         self.supervisor.scale_down()
                     continue
                 if not self._stopping:
-                    self._stopping = True
-                    announce(
-                        f"rrproxy: {name}: shutting down gracefully "
-                        f"(up to {self.config.worker.graceful_timeout:g} s)"
-                    )
-                    nursery.start_soon(self._graceful_stop, nursery)
+                    self.request_stop(name)
                 elif signum == signal.SIGINT:
                     announce("rrproxy: second SIGINT: stopping now")
                     self.supervisor.kill_all()
                     self.exit_code = 1
-                    nursery.cancel_scope.cancel()
+                    assert self._nursery is not None
+                    self._nursery.cancel_scope.cancel()
                     return
 
     async def _graceful_stop(self, nursery: trio.Nursery) -> None:
@@ -155,7 +191,19 @@ class Front:
 def run(config: Config) -> int:
     """Serve until stopped; the exit status for the CLI."""
     listener = bind(config)
-    front = Front(config, listener)
+    admin_sock = None
+    if config.admin != "off":
+        try:
+            if config.admin is None:
+                address = default_admin(listener.getsockname()[1])
+            else:
+                address = parse_admin(config.admin, config.admin_token)
+            admin_sock = bind_admin(address)
+        except ConfigError as exc:
+            listener.close()
+            raise BindError(str(exc)) from None
+        config = dataclasses.replace(config, admin=str(address))
+    front = Front(config, listener, admin_sock)
     try:
         trio.run(front.run)
     except BaseExceptionGroup as group:
@@ -166,10 +214,12 @@ def run(config: Config) -> int:
                 return code
         raise
     finally:
-        try:
-            listener.close()
-        except OSError:
-            pass
+        for sock in (listener, admin_sock):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
     return front.exit_code
 
 

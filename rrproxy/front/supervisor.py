@@ -21,7 +21,7 @@ import trio
 
 from ..config import Config
 from ..ipc.channel import ChannelClosed, WorkerChannel, socketpair
-from ..ipc.messages import Stop
+from ..ipc.messages import ClusterInfo, Message, Poll, ReopenLogs, Stop, UserMessage
 from .dispatcher import Dispatcher
 from .link import WorkerLink
 from .workers import Slot, WorkerProcess, WorkerState
@@ -210,10 +210,11 @@ class Supervisor:
         )
         self.workers.append(worker)
         self.workers.sort(key=lambda w: w.slot)
-        self.nursery.start_soon(self._run_worker, worker)
+        slot.processes.append(worker)
+        self.nursery.start_soon(self._run_worker, worker, slot)
         return worker
 
-    async def _run_worker(self, worker: WorkerProcess) -> None:
+    async def _run_worker(self, worker: WorkerProcess, slot: Slot) -> None:
         link = WorkerLink(
             worker,
             self.config,
@@ -221,7 +222,9 @@ class Supervisor:
             self.dispatcher,
             on_ready=self._worker_ready,
             on_retire=self._on_retire,
+            on_user_message=self._on_user_message,
             quiet_failures=lambda: not self._booted.is_set(),
+            worker_count=lambda: self.worker_count,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -242,6 +245,9 @@ class Supervisor:
                 self._all_exited.set()
             if self.dispatcher is not None:
                 self.dispatcher.reclaim(worker)
+            if worker in slot.processes:
+                slot.processes.remove(worker)
+            slot.fold(worker)
             worker.exited.set()
 
     def _stop(self, worker: WorkerProcess, timeout: float | None = None) -> None:
@@ -366,6 +372,7 @@ class Supervisor:
             slot_id += 1
         self._add_slot(slot_id)
         log.info("scaling up: worker %d added (%d workers)", slot_id, self.worker_count)
+        self._announce_count()
 
     def scale_down(self) -> None:
         live = sorted(s.id for s in self.slots.values() if not s.removed)
@@ -379,12 +386,60 @@ class Supervisor:
         log.info(
             "scaling down: worker %d drains and leaves (%d workers)", slot.id, self.worker_count
         )
+        self._announce_count()
 
     def scale_to(self, count: int) -> None:
         while self.worker_count < count:
             self.scale_up()
         while self.worker_count > max(count, 1):
             self.scale_down()
+
+    # --- messages to and between workers ------------------------------------------------
+
+    def _send_all(self, message: Message, to: list[WorkerProcess] | None = None) -> None:
+        for worker in list(self.workers) if to is None else to:
+            if worker.state not in (WorkerState.READY, WorkerState.DRAINING):
+                continue
+            try:
+                if not worker.channel.send_nowait(message):
+                    self.nursery.start_soon(worker.channel.flush)
+            except ChannelClosed:
+                pass
+
+    def _on_user_message(self, worker: WorkerProcess, message: UserMessage) -> None:
+        """Route a handler's message: log it (to the front), or forward it to one
+        worker or all of them (the sender included), like Node's cluster messaging."""
+        outgoing = UserMessage(message.payload, message.to, worker.slot)
+        if message.to == "front":
+            log.info(
+                "message from worker %d (pid %d): %r", worker.slot, worker.pid, message.payload
+            )
+        elif message.to == "all":
+            self._send_all(outgoing)
+        else:
+            slot = self.slots.get(int(message.to))
+            if slot is None or slot.current is None:
+                log.warning(
+                    "message from worker %d to unknown worker %s dropped", worker.slot, message.to
+                )
+                return
+            self._send_all(outgoing, [slot.current])
+
+    def _announce_count(self) -> None:
+        self._send_all(ClusterInfo(self.worker_count))
+
+    def reopen_logs(self) -> None:
+        self._send_all(ReopenLogs())
+
+    async def poll(self, timeout: float = 0.5) -> None:
+        """Ask every worker for fresh counts and wait (briefly) for the answers."""
+        waiting = {w: w.stats_received for w in self.workers if w.state is WorkerState.READY}
+        self._send_all(Poll(), list(waiting))
+        with trio.move_on_after(timeout):
+            while any(
+                w.stats_received == seen and not w.exited.is_set() for w, seen in waiting.items()
+            ):
+                await trio.sleep(0.005)
 
     # --- health ---------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import trio
 
@@ -21,6 +22,7 @@ HARD_WINDOW = 1024
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class WorkerState(enum.Enum):
@@ -69,6 +71,12 @@ class WorkerProcess:
         self.connections_total = 0
         self.connections_active = 0
         self.requests_total = 0
+        self.statuses: dict[int, int] = {}
+        self.latency_counts: list[int] = []
+        self.latency_sum = 0.0
+        self.stats_received = 0
+        #: (time, requests_total) of the last few reports, for requests per second.
+        self.rate_samples: deque[tuple[float, int]] = deque(maxlen=6)
         self.last_heard = trio.current_time()
 
     @property
@@ -96,6 +104,23 @@ class WorkerProcess:
             self.channel_full_since = None
         elif self.channel_full_since is None:
             self.channel_full_since = trio.current_time()
+
+    @property
+    def request_rate(self) -> float:
+        samples = self.rate_samples
+        if len(samples) < 2:
+            return 0.0
+        (t0, r0), (t1, r1) = samples[0], samples[-1]
+        return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time, from /proc."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            return None
 
     def rss_bytes(self) -> int | None:
         """Resident memory, from /proc (None once the process is gone)."""
@@ -143,6 +168,27 @@ class Slot:
     #: A recycle asked for while a replacement was under way.
     recycle_pending: str | None = None
     last_exit: str | None = None
+    #: Counts of this slot's earlier processes (status totals are per slot).
+    past_connections: int = 0
+    past_requests: int = 0
+    past_statuses: dict[int, int] = field(default_factory=dict)
+    past_latency_counts: list[int] = field(default_factory=list)
+    past_latency_sum: float = 0.0
+    #: Every live process of the slot: the current one, and one draining beside it.
+    processes: list[WorkerProcess] = field(default_factory=list)
+
+    def fold(self, worker: WorkerProcess) -> None:
+        """A process of this slot has exited: keep its counts in the slot's totals."""
+        self.past_connections += worker.connections_total
+        self.past_requests += worker.requests_total
+        for code, count in worker.statuses.items():
+            self.past_statuses[code] = self.past_statuses.get(code, 0) + count
+        if worker.latency_counts:
+            if not self.past_latency_counts:
+                self.past_latency_counts = [0] * len(worker.latency_counts)
+            for i, count in enumerate(worker.latency_counts):
+                self.past_latency_counts[i] += count
+        self.past_latency_sum += worker.latency_sum
 
 
 def close_quietly(sock: socket.socket) -> None:

@@ -22,6 +22,10 @@ from typing import Any, ClassVar
 #: Bumped on any incompatible change; the front refuses a worker whose Hello differs.
 PROTOCOL_VERSION = 1
 
+#: Upper bounds (seconds) of the request latency histogram buckets; the last bucket
+#: (beyond the final bound) is +Inf. Prometheus's defaults.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
 #: Upper bound for one datagram. Big enough for stats and state values, far below
 #: the socket buffer, so a worker can never make the front allocate much.
 MAX_MESSAGE_SIZE = 256 * 1024
@@ -105,6 +109,7 @@ class Configure(Message):
     worker_id: int
     config: dict
     has_listener: bool = False
+    worker_count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,12 @@ class Stats(Message):
     connections_total: int
     connections_active: int
     requests_total: int
+    #: Responses by status code ("200": n), since the worker started.
+    statuses: dict = dataclasses.field(default_factory=dict)
+    #: Request latency: counts per bucket of LATENCY_BUCKETS (not cumulative), and
+    #: the sum of all latencies in seconds.
+    latency_counts: list = dataclasses.field(default_factory=list)
+    latency_sum: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,40 @@ class Stop(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Poll(Message):
+    """front -> worker: send a Stats now (for an exact /status)."""
+
+    TAG: ClassVar[int] = 23
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage(Message):
+    """A handler's message (rrproxy.cluster). worker -> front: `to` is "front",
+    "all" (broadcast) or a worker id as a string. front -> worker: delivered to the
+    worker's on_message callbacks, `sender` saying which worker sent it."""
+
+    TAG: ClassVar[int] = 24
+    payload: object
+    to: str = "front"
+    sender: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo(Message):
+    """front -> worker: the number of workers changed (scaling)."""
+
+    TAG: ClassVar[int] = 25
+    worker_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenLogs(Message):
+    """front -> worker: reopen --log-file (SIGUSR1, for logrotate)."""
+
+    TAG: ClassVar[int] = 26
+
+
+@dataclass(frozen=True, slots=True)
 class Retire(Message):
     """worker -> front: please replace me (e.g. --max-requests reached). The worker
     keeps serving until the front has a replacement ready and sends Stop."""
@@ -154,7 +199,20 @@ class Retire(Message):
 
 
 _JSON: dict[int, type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Configure, Ready, Failed, Stats, Stop, Retire)
+    cls.TAG: cls
+    for cls in (
+        Hello,
+        Configure,
+        Ready,
+        Failed,
+        Stats,
+        Stop,
+        Retire,
+        Poll,
+        UserMessage,
+        ClusterInfo,
+        ReopenLogs,
+    )
 }
 
 
@@ -224,6 +282,8 @@ def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is object:
+        return True
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 DRAIN_IDLE_GRACE = 1.0
 
 log = logging.getLogger("rrproxy.worker")
+access_log = logging.getLogger("rrproxy.access")
 
 RECV_SIZE = 64 * 1024
 #: After this many requests served back to back without waiting, yield to the other
@@ -74,6 +75,7 @@ class HTTPConnection:
         "handler_scope",
         "handler_started",
         "idle_scope",
+        "request_line",
         "requests",
         "server",
         "sock",
@@ -102,6 +104,8 @@ class HTTPConnection:
         #: Set while the handler runs, so the worker's disconnect sweep can cancel it.
         self.handler_scope: trio.CancelScope | None = None
         self.handler_started = 0.0
+        #: (method, target) of the request being answered, for the access log.
+        self.request_line: tuple[bytes, bytes] | None = None
         self.requests = 0
         self._body_limit = server.config.max_body_size
         self._body_received = 0
@@ -242,6 +246,8 @@ class HTTPConnection:
         server.requests_total += 1
         if server.requests_total == server.retire_after:
             server.request_limit_reached()
+        self.handler_started = trio.current_time()
+        self.request_line = (event.method, event.target)
         length = declared_length(event.headers)
         if length is not None and length > self._body_limit:
             # Refused before reading a byte of it (and before the handler runs).
@@ -260,7 +266,6 @@ class HTTPConnection:
         )
         scope = trio.CancelScope()
         self.handler_scope = scope
-        self.handler_started = trio.current_time()
         try:
             with scope:
                 result = server.handler(request)
@@ -388,22 +393,28 @@ class HTTPConnection:
             else:
                 data = head_bytes + conn.send(h11.EndOfMessage())
             await self._sendall(data)
+            self._finished(status, 0 if head else len(body))
         else:
             await self._sendall(head_bytes)
-            if not await self._stream_body(body, head):
+            sent = await self._stream_body(body, head)
+            self._finished(status, max(sent, 0))
+            if sent < 0:
                 return False
         if conn.their_state is h11.SEND_BODY:
             self._discard_buffered_body()
         return conn.our_state is _H11_DONE and conn.their_state is _H11_DONE
 
-    async def _stream_body(self, body: Any, head: bool) -> bool:
+    async def _stream_body(self, body: Any, head: bool) -> int:
+        """Body bytes sent, or -1 if the body raised (the connection must close)."""
         conn = self.conn
+        sent = 0
         try:
             if not head:
                 async for chunk in body:
                     if isinstance(chunk, str):
                         chunk = chunk.encode("utf-8")
                     if chunk:
+                        sent += len(chunk)
                         await self._sendall(conn.send(h11.Data(data=chunk)))
         except (OSError, ClientDisconnected):
             raise
@@ -411,13 +422,13 @@ class HTTPConnection:
             # The head is out: the response cannot be turned into a 500 any more.
             # Closing without the final chunk tells the client it is truncated.
             log.exception("streaming response body raised; closing the connection")
-            return False
+            return -1
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
         await self._sendall(conn.send(h11.EndOfMessage()))
-        return True
+        return sent
 
     async def _send_error(self, status: int) -> bool:
         """Answer an error the client caused (or we did) and close: False always."""
@@ -444,8 +455,37 @@ class HTTPConnection:
                     + body
                 )
             await self._sendall(data)
+            self._finished(status, len(body))
         await self._linger()
         return False
+
+    def _finished(self, status: int, body_bytes: int) -> None:
+        """A response went out: count it (and log it, with --access-log)."""
+        started = self.handler_started
+        duration = trio.current_time() - started if started else 0.0
+        self.server.observe(status, duration)
+        if self.server.config.access_log:
+            method, target = self.request_line or (b"-", b"-")
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms',
+                client,
+                method.decode("ascii", "replace"),
+                target.decode("latin-1"),
+                status,
+                body_bytes,
+                duration * 1000,
+                extra={
+                    "client": client,
+                    "method": method.decode("ascii", "replace"),
+                    "path": target.decode("latin-1"),
+                    "status": status,
+                    "bytes": body_bytes,
+                    "duration_ms": round(duration * 1000, 3),
+                },
+            )
+        self.handler_started = 0.0
+        self.request_line = None
 
     async def _linger(self) -> None:
         """Half-close, then read and discard for a moment before the close, so the

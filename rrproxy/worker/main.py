@@ -18,26 +18,31 @@ import sys
 
 import trio
 
+from .. import cluster
 from ..appload import AppLoadError, is_coroutine_callable, load_app
 from ..config import WorkerConfig
 from ..fdlimit import raise_fd_limit
 from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
 from ..ipc.messages import (
     PROTOCOL_VERSION,
+    ClusterInfo,
     Configure,
     Failed,
     Hello,
     Load,
     NewConn,
+    Poll,
     ProtocolError,
     Ready,
     Rejected,
+    ReopenLogs,
     Retire,
     Stats,
     Stop,
     Taken,
+    UserMessage,
 )
-from ..logs import setup_logging
+from ..logs import reopen_log_file, setup_logging
 from .server import WorkerServer
 
 log = logging.getLogger("rrproxy.worker")
@@ -77,6 +82,8 @@ class Worker:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            cluster._send = self._send_user_message
+            cluster._spawn = self._spawn
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
@@ -113,7 +120,14 @@ class Worker:
 
     def _stats(self) -> Stats:
         server = self.server
-        return Stats(server.connections_total, server.connections_active, server.requests_total)
+        return Stats(
+            server.connections_total,
+            server.connections_active,
+            server.requests_total,
+            {str(code): count for code, count in server.statuses.items()},
+            list(server.latency_counts),
+            server.latency_sum,
+        )
 
     def _send(self, message: Taken | Rejected | Stats | Load | Retire) -> None:
         """Send from synchronous code; if the front's queue is full, flush later."""
@@ -190,6 +204,14 @@ class Worker:
                 server.start_connection(sock, self._ack(conn_id))
             elif type(message) is Stop:
                 self.request_stop(message.timeout)
+            elif type(message) is Poll:
+                self._answer(self._stats())
+            elif type(message) is UserMessage:
+                cluster._dispatch(message.payload, message.sender)
+            elif type(message) is ClusterInfo:
+                cluster.worker_count = message.worker_count
+            elif type(message) is ReopenLogs:
+                reopen_log_file()
             else:
                 if fd is not None:
                     os.close(fd)
@@ -201,7 +223,14 @@ class Worker:
 
         return ack
 
-    def _answer(self, message: Taken | Rejected | Load) -> None:
+    async def _send_user_message(self, payload: object, to: str) -> None:
+        await self.channel.send(UserMessage(payload, to, self.server.worker_id))
+
+    def _spawn(self, function, *args) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(function, *args)
+
+    def _answer(self, message: Taken | Rejected | Load | Stats) -> None:
         try:
             self._send(message)
         except ChannelClosed:
@@ -218,7 +247,15 @@ async def _main(sock: socket.socket, slot: int) -> int:
         print(f"rrproxy worker {slot}: expected Configure, got {message!r}", file=sys.stderr)
         return EXIT_BOOT_ERROR
     config = WorkerConfig.from_dict(message.config)
-    setup_logging(config.log_level, f"worker {message.worker_id} pid {os.getpid()}")
+    setup_logging(
+        config.log_level,
+        {"worker": message.worker_id, "pid": os.getpid()},
+        config.log_format,
+        config.log_file,
+        config.access_log,
+    )
+    cluster.worker_id = message.worker_id
+    cluster.worker_count = message.worker_count
     listener = socket.socket(fileno=fd) if fd is not None else None
     try:
         handler = load_app(config.app, config.app_dir)

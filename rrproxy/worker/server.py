@@ -6,12 +6,14 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from ..config import WorkerConfig
+from ..ipc.messages import LATENCY_BUCKETS
 from .http import HTTPConnection
 
 log = logging.getLogger("rrproxy.worker")
@@ -45,6 +47,10 @@ class WorkerServer:
         self.connections: set[HTTPConnection] = set()
         self.connections_total = 0
         self.requests_total = 0
+        #: Responses by status, and the latency histogram (see messages.LATENCY_BUCKETS).
+        self.statuses: dict[int, int] = {}
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
         #: requests_total at which the worker asks to be replaced (0: never).
         self.retire_after = retire_after
         self.on_retire = on_retire
@@ -55,6 +61,12 @@ class WorkerServer:
         self.load_changed = trio.Event()
         self._below_cap = trio.Event()
         self._below_cap.set()
+
+    def observe(self, status: int, seconds: float) -> None:
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def request_limit_reached(self) -> None:
         """Called by a connection when requests_total hits retire_after."""

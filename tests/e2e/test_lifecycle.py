@@ -110,7 +110,8 @@ def test_rolling_reload_under_load_loses_nothing_and_serves_new_code(tmp_path: P
         served_by = {get(server.port).body.split()[-1].decode() for _ in range(6)}
         started = set(
             re.findall(
-                r"INFO \[front\] rrproxy.front: worker \d ready \(pid (\d+)\)", server.output()
+                r"INFO \[front pid \d+\] rrproxy.front: worker \d ready \(pid (\d+)\)",
+                server.output(),
             )
         )
         assert len(started) == 2 and not (started & old_pids)

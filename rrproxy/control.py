@@ -1,0 +1,232 @@
+"""`rrproxy status | reload | scale N | stop`: talk to a running rrproxy's admin
+interface (like `pm2 ls`, `pm2 reload`, `pm2 scale`)."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .config import ConfigError
+
+
+class AdminError(Exception):
+    """The admin interface cannot be reached or refused the request."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("rrproxy", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class AdminClient:
+    def __init__(self, admin: str, token: str | None = None, timeout: float = 10.0) -> None:
+        from .front.admin import parse_admin
+
+        self.address = parse_admin(admin, token or "loopback-check-is-the-server's-job")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        address = self.address
+        if address.path is not None:
+            conn: http.client.HTTPConnection = _UnixHTTPConnection(address.path, self.timeout)
+        else:
+            conn = http.client.HTTPConnection(address.host, address.port, timeout=self.timeout)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except OSError as exc:
+            raise AdminError(f"cannot reach the admin interface at {address}: {exc}") from None
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str) -> Any:
+        status, body = self.request(method, path)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise AdminError(f"{path}: HTTP {status}: {body[:200]!r}") from None
+        if status >= 400:
+            raise AdminError(f"{path}: HTTP {status}: {data.get('error', data)}")
+        return data
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if count < 1024 or unit == "G":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return f"{count:.1f}G"
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    now = time.time()
+    table = Table(
+        title=f"rrproxy pid {status['pid']} · {status['listening']} · policy {status['policy']}"
+        f" · up {_duration(status['uptime_s'])}",
+        title_justify="left",
+        caption="conns: open/total · cpu of the 'all' row: the front process",
+        caption_justify="left",
+    )
+    for column in (
+        "slot",
+        "pid",
+        "state",
+        "uptime",
+        "conns active/total",
+        "requests",
+        "req/s",
+        "rss",
+        "cpu",
+        "restarts",
+        "last exit",
+    ):
+        table.add_column(column, justify="left" if column in ("state", "last exit") else "right")
+    colors = {"ready": "green", "starting": "yellow", "draining": "yellow", "stopped": "red"}
+    for worker in status["workers"]:
+        started = worker["started_at"]
+        table.add_row(
+            str(worker["id"]),
+            str(worker["pid"] or "-"),
+            f"[{colors.get(worker['state'], 'white')}]{worker['state']}[/]",
+            _duration(now - started if started else None),
+            f"{worker['connections_active']}/{worker['connections_total']}",
+            str(worker["requests_total"]),
+            f"{worker['requests_per_s']:.1f}",
+            _size(worker["rss_bytes"]),
+            f"{worker['cpu_seconds']:.1f}s",
+            str(worker["restarts"]),
+            worker["last_exit"] or "",
+        )
+    totals = status["totals"]
+    front = status["front"]
+    table.add_section()
+    table.add_row(
+        "all",
+        str(status["pid"]),
+        f"{totals['ready']}/{totals['workers']} ready",
+        "",
+        f"{totals['connections_active']}/{totals['connections_total']}",
+        str(totals["requests_total"]),
+        f"{totals['requests_per_s']:.1f}",
+        _size(totals["rss_bytes"]),
+        f"front {front['cpu_seconds']:.1f}s",
+        str(totals["restarts"]),
+        "",
+    )
+    return table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rrproxy", description="Control a running rrproxy through its admin interface."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--admin",
+        metavar="ADDR",
+        help="unix:/path or HOST:PORT (default: the private socket of the rrproxy on --port)",
+    )
+    common.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="find the default admin socket of the rrproxy on this port",
+    )
+    common.add_argument(
+        "--admin-token", default=os.environ.get("RRPROXY_ADMIN_TOKEN"), metavar="TOKEN"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", parents=[common], help="show the workers")
+    status.add_argument("--watch", action="store_true", help="refresh every second")
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    reload = commands.add_parser("reload", parents=[common], help="rolling reload")
+    reload.add_argument("--no-wait", action="store_true", help="return at once")
+    scale = commands.add_parser("scale", parents=[common], help="set the number of workers")
+    scale.add_argument("workers", type=int)
+    commands.add_parser("stop", parents=[common], help="graceful shutdown")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.admin is None:
+            from .front.admin import default_admin
+
+            admin = str(default_admin(args.port))
+        else:
+            admin = args.admin
+        client = AdminClient(admin, args.admin_token)
+        return _run(args, client)
+    except (AdminError, ConfigError) as exc:
+        print(f"rrproxy: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run(args: argparse.Namespace, client: AdminClient) -> int:
+    # A pipe or a file gets a table wide enough to read, not 80 columns of ellipses.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    if args.command == "status":
+        if args.json:
+            print(json.dumps(client.json("GET", "/status"), indent=1))
+        elif args.watch:
+            with Live(
+                status_table(client.json("GET", "/status")), console=console, refresh_per_second=4
+            ) as live:
+                while True:
+                    time.sleep(1.0)
+                    live.update(status_table(client.json("GET", "/status")))
+        else:
+            console.print(status_table(client.json("GET", "/status")))
+        return 0
+    if args.command == "reload":
+        if args.no_wait:
+            client.json("POST", "/reload")
+            print("rrproxy: reload started")
+            return 0
+        client.timeout = 3600
+        result = client.json("POST", "/reload?wait=1")
+        print("rrproxy: reload complete" if result.get("reloaded") else "rrproxy: reload failed")
+        return 0 if result.get("reloaded") else 1
+    if args.command == "scale":
+        result = client.json("POST", f"/scale?workers={args.workers}")
+        print(f"rrproxy: {result['workers']} workers")
+        return 0
+    client.json("POST", "/shutdown")
+    print("rrproxy: stopping")
+    return 0

@@ -1,0 +1,269 @@
+"""The admin interface, served by the front (so it answers while all workers are
+down): GET /status, GET /metrics, POST /reload, POST /scale?workers=N, POST /shutdown.
+
+By default it listens on a Unix socket of mode 0600 in a 0700 directory; on TCP it
+must be loopback unless a token is set, and then every request must carry it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+from ..config import ConfigError
+from . import metrics
+from .status import snapshot
+
+if TYPE_CHECKING:
+    from .main import Front
+
+log = logging.getLogger("rrproxy.admin")
+
+_MAX_HEAD = 8 * 1024
+_REQUEST_TIMEOUT = 5.0
+MAX_WORKERS = 1024
+
+
+@dataclass(frozen=True)
+class AdminAddress:
+    path: str | None = None
+    host: str | None = None
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def runtime_dir() -> str:
+    """A private (0700) directory for default admin sockets."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK):
+        path = os.path.join(base, "rrproxy")
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"rrproxy-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise ConfigError(f"{path} must be a directory of yours with mode 0700")
+    return path
+
+
+def default_admin(port: int) -> AdminAddress:
+    return AdminAddress(path=os.path.join(runtime_dir(), f"admin-{port}.sock"))
+
+
+def parse_admin(text: str, token: str | None = None) -> AdminAddress:
+    """ "unix:/path" or "HOST:PORT". A non-loopback host needs a token."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ConfigError("--admin unix: needs a path")
+        return AdminAddress(path=os.path.abspath(path))
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"--admin must be unix:/path or HOST:PORT, got {text!r}")
+    if not _is_loopback(host) and not token:
+        raise ConfigError(f"--admin {text}: a non-loopback admin address needs --admin-token")
+    return AdminAddress(host=host, port=int(port_text))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_admin(address: AdminAddress) -> socket.socket:
+    if address.path is not None:
+        return _bind_unix(address.path)
+    family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind --admin {address}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # left behind by an rrproxy that is gone
+        else:
+            raise ConfigError(f"admin socket {path} is in use by another rrproxy")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # created 0600: no moment where others could connect
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind --admin unix:{path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+class AdminServer:
+    def __init__(self, front: Front, sock: socket.socket, token: str | None) -> None:
+        self.front = front
+        self.sock = sock
+        self.token = token
+        self.path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+
+    async def serve(self) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
+        try:
+            await trio.serve_listeners(self._serve_one, [listener])
+        finally:
+            if isinstance(self.path, str):
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.fail_after(_REQUEST_TIMEOUT):
+                request = await _read_request(stream)
+            if request is None:
+                return
+            method, target, headers = request
+            status, body, content_type = await self._route(method, target, headers)
+            await _respond(stream, status, body, content_type)
+        except (
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            h11.RemoteProtocolError,
+        ):
+            pass
+        except Exception:
+            log.exception("admin request failed")
+        finally:
+            await stream.aclose()
+
+    async def _route(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes]
+    ) -> tuple[int, bytes, str]:
+        if self.token is not None:
+            given = headers.get(b"authorization", b"")
+            expected = b"Bearer " + self.token.encode()
+            if not hmac.compare_digest(given, expected):
+                return _json(401, {"error": "missing or wrong admin token"})
+        url = urlsplit(target.decode("latin-1"))
+        query = parse_qs(url.query)
+        front = self.front
+        supervisor = front.supervisor
+        routes = {
+            "/status": b"GET",
+            "/metrics": b"GET",
+            "/reload": b"POST",
+            "/scale": b"POST",
+            "/shutdown": b"POST",
+        }
+        if url.path not in routes:
+            return _json(404, {"error": f"no such endpoint {url.path}"})
+        if method != routes[url.path]:
+            return _json(405, {"error": f"{url.path} takes {routes[url.path].decode()}"})
+        if url.path == "/status":
+            await supervisor.poll()
+            return _json(200, snapshot(front))
+        if url.path == "/metrics":
+            await supervisor.poll()
+            return 200, metrics.render(snapshot(front)), metrics.CONTENT_TYPE
+        if front.stopping:
+            return _json(409, {"error": "rrproxy is shutting down"})
+        if url.path == "/reload":
+            if supervisor.reloading:
+                return _json(409, {"error": "a reload is already under way"})
+            if query.get("wait") == ["1"]:
+                ok = await supervisor.reload()
+                return _json(200 if ok else 500, {"reloaded": ok})
+            supervisor.nursery.start_soon(supervisor.reload)
+            return _json(202, {"reloading": True})
+        if url.path == "/scale":
+            try:
+                count = int(query["workers"][0])
+            except (KeyError, ValueError):
+                return _json(400, {"error": "use /scale?workers=N"})
+            if not 1 <= count <= MAX_WORKERS:
+                return _json(400, {"error": f"workers must be 1..{MAX_WORKERS}"})
+            supervisor.scale_to(count)
+            return _json(200, {"workers": supervisor.worker_count})
+        front.request_stop("admin /shutdown")
+        return _json(202, {"stopping": True})
+
+
+def _json(status: int, data: Any) -> tuple[int, bytes, str]:
+    return status, json.dumps(data, indent=1).encode() + b"\n", "application/json"
+
+
+async def _read_request(
+    stream: trio.SocketStream,
+) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+    request: h11.Request | None = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(_MAX_HEAD)
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage) and request is not None:
+            return request.method, request.target, dict(request.headers)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _respond(stream: trio.SocketStream, status: int, body: bytes, content_type: str) -> None:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+        f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
+    await stream.send_all(head + body)
+
+
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    500: "Internal Server Error",
+}
+
+__all__ = ["AdminAddress", "AdminServer", "bind_admin", "default_admin", "parse_admin"]

@@ -1,0 +1,106 @@
+"""/metrics: the status snapshot in Prometheus's text exposition format, written by
+prometheus_client (not by hand)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        status = self.status
+        workers = status["workers"]
+        yield InfoMetricFamily(
+            "rrproxy",
+            "rrproxy front process",
+            value={
+                "policy": status["policy"],
+                "pid": str(status["pid"]),
+            },
+        )
+        up = GaugeMetricFamily(
+            "rrproxy_worker_up", "1 if the worker slot is ready", labels=["worker"]
+        )
+        conns = CounterMetricFamily(
+            "rrproxy_worker_connections", "connections served by the slot", labels=["worker"]
+        )
+        active = GaugeMetricFamily(
+            "rrproxy_worker_connections_active", "open connections", labels=["worker"]
+        )
+        requests = CounterMetricFamily(
+            "rrproxy_worker_requests", "requests served", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "rrproxy_worker_restarts", "restarts of the slot", labels=["worker"]
+        )
+        rss = GaugeMetricFamily(
+            "rrproxy_worker_resident_memory_bytes", "resident memory", labels=["worker"]
+        )
+        cpu = CounterMetricFamily(
+            "rrproxy_worker_cpu_seconds", "CPU time of the slot's live processes", labels=["worker"]
+        )
+        for worker in workers:
+            label = [str(worker["id"])]
+            up.add_metric(label, 1.0 if worker["state"] == "ready" else 0.0)
+            conns.add_metric(label, worker["connections_total"])
+            active.add_metric(label, worker["connections_active"])
+            requests.add_metric(label, worker["requests_total"])
+            restarts.add_metric(label, worker["restarts"])
+            rss.add_metric(label, worker["rss_bytes"])
+            cpu.add_metric(label, worker["cpu_seconds"])
+        yield from (up, conns, active, requests, restarts, rss, cpu)
+        yield GaugeMetricFamily("rrproxy_workers", "worker slots", value=len(workers))
+        responses = CounterMetricFamily(
+            "rrproxy_responses", "responses by status code", labels=["status"]
+        )
+        for code, count in status["responses"].items():
+            responses.add_metric([code], count)
+        yield responses
+        latency = status["latency"]
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            [*latency["buckets"], float("inf")], latency["counts"], strict=True
+        ):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "rrproxy_request_duration_seconds",
+            "time from a request's head to the end of its response",
+            buckets=buckets,
+            sum_value=latency["sum"],
+        )
+        front = status["front"]
+        yield CounterMetricFamily(
+            "rrproxy_front_connections_handed",
+            "connections the front handed to workers (rr)",
+            value=front["handed_total"],
+        )
+        yield CounterMetricFamily(
+            "rrproxy_front_connections_rehanded",
+            "connections handed again after a worker died or returned them",
+            value=front["rehanded_total"],
+        )
+        yield CounterMetricFamily(
+            "rrproxy_front_cpu_seconds", "CPU time of the front", value=front["cpu_seconds"]
+        )
+
+
+def render(status: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(status))
+    return generate_latest(registry)

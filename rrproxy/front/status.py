@@ -1,0 +1,99 @@
+"""The front's picture of the cluster as plain data: what /status returns and what
+/metrics and `rrproxy status` are built from."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..ipc.messages import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from .main import Front
+
+STARTED_AT = time.time()
+
+
+def snapshot(front: Front) -> dict[str, Any]:
+    supervisor = front.supervisor
+    dispatcher = front.dispatcher
+    workers: list[dict[str, Any]] = []
+    statuses: dict[int, int] = {}
+    latency = [0] * (len(LATENCY_BUCKETS) + 1)
+    latency_sum = 0.0
+    for slot_id in sorted(supervisor.slots):
+        slot = supervisor.slots[slot_id]
+        processes = list(slot.processes)
+        current = slot.current
+        for code, count in slot.past_statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+        for i, count in enumerate(slot.past_latency_counts):
+            latency[i] += count
+        latency_sum += slot.past_latency_sum
+        rss = cpu = 0.0
+        for process in processes:
+            for code, count in process.statuses.items():
+                statuses[code] = statuses.get(code, 0) + count
+            for i, count in enumerate(process.latency_counts):
+                latency[i] += count
+            latency_sum += process.latency_sum
+            rss += process.rss_bytes() or 0
+            cpu += process.cpu_seconds() or 0.0
+        state = current.state.value if current is not None else "stopped"
+        workers.append(
+            {
+                "id": slot.id,
+                "pid": current.pid if current else None,
+                "state": "draining" if slot.removed and current else state,
+                "started_at": current.started_at if current else None,
+                "connections_total": slot.past_connections
+                + sum(p.connections_total for p in processes),
+                "connections_active": sum(p.connections_active for p in processes),
+                "requests_total": slot.past_requests + sum(p.requests_total for p in processes),
+                "requests_per_s": round(sum(p.request_rate for p in processes), 1),
+                "restarts": slot.restarts,
+                "rss_bytes": int(rss),
+                "cpu_seconds": round(cpu, 3),
+                "last_exit": slot.last_exit,
+                "processes": len(processes),
+            }
+        )
+    totals = {
+        "workers": len(workers),
+        "ready": sum(1 for w in workers if w["state"] == "ready"),
+        **{
+            key: sum(w[key] for w in workers)
+            for key in (
+                "connections_total",
+                "connections_active",
+                "requests_total",
+                "restarts",
+                "rss_bytes",
+            )
+        },
+        "requests_per_s": round(sum(w["requests_per_s"] for w in workers), 1),
+    }
+    times = os.times()
+    return {
+        "policy": front.config.policy,
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - STARTED_AT, 3),
+        "listening": front.url,
+        "reloading": supervisor.reloading,
+        "workers": workers,
+        "totals": totals,
+        "front": {
+            "cpu_seconds": round(times.user + times.system, 3),
+            "handed_total": dispatcher.handed_total if dispatcher else 0,
+            "rehanded_total": dispatcher.rehanded_total if dispatcher else 0,
+            "queued": len(dispatcher.queue) if dispatcher else 0,
+            "held": dispatcher.held if dispatcher else 0,
+        },
+        "responses": {str(code): count for code, count in sorted(statuses.items())},
+        "latency": {
+            "buckets": list(LATENCY_BUCKETS),
+            "counts": latency,
+            "sum": latency_sum,
+        },
+    }
