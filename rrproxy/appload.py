@@ -79,3 +79,30 @@ def is_coroutine_callable(obj: Any) -> bool:
         return True
     call = getattr(obj, "__call__", None)  # noqa: B004
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def is_asgi3(obj: Any) -> bool:
+    """An ASGI 3 app: `async def app(scope, receive, send)`, or an object whose
+    `__call__` is one (Starlette, FastAPI, most middleware)."""
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        target = obj
+    else:
+        target = obj.__call__ if callable(obj) else None
+    if target is None or not inspect.iscoroutinefunction(target):
+        return False
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) == 3
+
+
+def detect_interface(obj: Any, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "asgi" if is_asgi3(obj) else "native"

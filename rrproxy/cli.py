@@ -168,6 +168,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="add a random 0..J to --max-requests per worker, so they do not recycle together",
     )
+    asgi = parser.add_argument_group("ASGI", "running ASGI 3 apps (Starlette, FastAPI...)")
+    asgi.add_argument(
+        "--interface",
+        choices=("auto", "native", "asgi"),
+        default="auto",
+        help="auto: an async callable taking (scope, receive, send) is ASGI 3, anything "
+        "else the native handler API",
+    )
+    asgi.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI lifespan: auto runs it if the app supports it",
+    )
+    asgi.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="ASGI root_path, for apps mounted below a prefix by a proxy",
+    )
+    asgi.add_argument(
+        "--ws-max-size",
+        type=_size,
+        default="16M",
+        metavar="SIZE",
+        help="largest WebSocket message accepted (above it: close 1009)",
+    )
+    asgi.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="ping idle WebSocket clients this often (0: never)",
+    )
+    asgi.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="close a WebSocket whose ping is not answered within this",
+    )
     observe = parser.add_argument_group("observability", "admin interface and logs")
     observe.add_argument(
         "--admin",
@@ -241,6 +282,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests_jitter=args.max_requests_jitter,
         debug=args.debug,
         access_log=args.access_log,
+        interface=args.interface,
+        lifespan=args.lifespan,
+        root_path=args.root_path.rstrip("/"),
+        ws_max_size=args.ws_max_size,
+        ws_ping_interval=args.ws_ping_interval,
+        ws_ping_timeout=args.ws_ping_timeout,
         log_format=args.log_format,
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
     )

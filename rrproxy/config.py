@@ -46,6 +46,13 @@ class WorkerConfig:
     stats_interval: float = 1.0
     debug: bool = False
     access_log: bool = False
+    #: "auto", "native" or "asgi" (what the app is), and the ASGI options.
+    interface: str = "auto"
+    lifespan: str = "auto"
+    root_path: str = ""
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
     log_format: str = "text"
     log_file: str | None = None
 

@@ -36,6 +36,8 @@ from ..protocol.http import (
     http_date,
     reason,
 )
+from .asgi import run_http
+from .websocket import WebSocketSession, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from .server import WorkerServer
@@ -70,6 +72,8 @@ class HTTPConnection:
         "_body_limit",
         "_body_received",
         "_on_first_read",
+        "_server_address",
+        "asgi_cycle",
         "client",
         "conn",
         "handler_scope",
@@ -79,6 +83,7 @@ class HTTPConnection:
         "requests",
         "server",
         "sock",
+        "websocket",
     )
 
     def __init__(
@@ -107,6 +112,9 @@ class HTTPConnection:
         #: (method, target) of the request being answered, for the access log.
         self.request_line: tuple[bytes, bytes] | None = None
         self.requests = 0
+        self.asgi_cycle: Any = None
+        self.websocket: Any = None
+        self._server_address: tuple[str, int] | None = None
         self._body_limit = server.config.max_body_size
         self._body_received = 0
         self._body_done = False
@@ -255,6 +263,11 @@ class HTTPConnection:
             return False
         self._body_received = 0
         self._body_done = False
+        if server.interface == "asgi":
+            if is_websocket_upgrade(event):
+                await WebSocketSession(self, event).run()
+                return False
+            return await run_http(self, event)
         request = Request(
             method=event.method.decode("ascii"),
             target=event.target,
@@ -296,6 +309,15 @@ class HTTPConnection:
             await self._send_error(400)
             return False
         return await self._send_response(response, event.method == b"HEAD")
+
+    def server_address(self) -> tuple[str, int] | None:
+        if self._server_address is None:
+            try:
+                name = self.sock.getsockname()
+                self._server_address = (name[0], name[1])
+            except (OSError, IndexError, TypeError):
+                return None
+        return self._server_address
 
     def client_gone(self) -> bool:
         """For the disconnect sweep: has the client closed or reset the connection?

@@ -19,7 +19,7 @@ import sys
 import trio
 
 from .. import cluster
-from ..appload import AppLoadError, is_coroutine_callable, load_app
+from ..appload import AppLoadError, detect_interface, is_coroutine_callable, load_app
 from ..config import WorkerConfig
 from ..fdlimit import raise_fd_limit
 from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
@@ -43,6 +43,7 @@ from ..ipc.messages import (
     UserMessage,
 )
 from ..logs import reopen_log_file, setup_logging
+from .asgi import Lifespan, LifespanFailed
 from .server import WorkerServer
 
 log = logging.getLogger("rrproxy.worker")
@@ -57,8 +58,13 @@ class Worker:
     """Owns the worker's channel, its server and the order of shutdown."""
 
     def __init__(
-        self, channel: WorkerChannel, server: WorkerServer, listener: socket.socket | None
+        self,
+        channel: WorkerChannel,
+        server: WorkerServer,
+        listener: socket.socket | None,
+        lifespan: Lifespan | None = None,
     ) -> None:
+        self.lifespan = lifespan
         self.channel = channel
         self.server = server
         self.listener = listener
@@ -79,7 +85,8 @@ class Worker:
             self._stop_timeout = timeout
         self._stop.set()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until stopped; the process exit status."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             cluster._send = self._send_user_message
@@ -90,6 +97,16 @@ class Worker:
             nursery.start_soon(self._report_load)
             nursery.start_soon(self.server.sweep_disconnects)
             nursery.start_soon(self._watch_signals)
+            if self.lifespan is not None:
+                # Before Ready: under rr no connection arrives before startup is done.
+                try:
+                    await self.lifespan.startup(nursery, self.server.config.graceful_timeout)
+                except LifespanFailed as exc:
+                    await self.channel.send(
+                        Failed("lifespan", f"ASGI lifespan startup failed: {exc}")
+                    )
+                    nursery.cancel_scope.cancel()
+                    return EXIT_BOOT_ERROR
             accept_scope = trio.CancelScope()
             if self.listener is not None:
                 nursery.start_soon(self._accept, accept_scope)
@@ -102,6 +119,8 @@ class Worker:
                 trio.lowlevel.notify_closing(self.listener)
                 self.listener.close()
             await self.server.drain(self._stop_timeout)
+            if self.lifespan is not None:
+                await self.lifespan.shutdown(min(self._stop_timeout, 30.0) or 1.0)
             log.info(
                 "stopped after %d connections, %d requests",
                 self.server.connections_total,
@@ -112,6 +131,7 @@ class Worker:
             except ChannelClosed:
                 pass
             nursery.cancel_scope.cancel()
+        return 0
 
     async def _accept(self, scope: trio.CancelScope) -> None:
         assert self.listener is not None
@@ -265,13 +285,21 @@ async def _main(sock: socket.socket, slot: int) -> int:
     retire_after = 0
     if config.max_requests > 0:
         retire_after = config.max_requests + random.randint(0, config.max_requests_jitter)
+    interface = detect_interface(handler, config.interface)
     server = WorkerServer(
-        config, message.worker_id, handler, is_coroutine_callable(handler), retire_after
+        config,
+        message.worker_id,
+        handler,
+        is_coroutine_callable(handler),
+        retire_after,
+        interface=interface,
     )
-    worker = Worker(channel, server, listener)
+    lifespan = None
+    if interface == "asgi":
+        lifespan = Lifespan(handler, config.lifespan, server.asgi_state)
+    worker = Worker(channel, server, listener, lifespan)
     server.on_retire = worker.ask_to_retire
-    await worker.run()
-    return 0
+    return await worker.run()
 
 
 def main(argv: list[str] | None = None) -> None:

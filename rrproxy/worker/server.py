@@ -38,11 +38,16 @@ class WorkerServer:
         handler_is_async: bool,
         retire_after: int = 0,
         on_retire: Callable[[str], None] | None = None,
+        interface: str = "native",
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.handler = handler
         self.handler_is_async = handler_is_async
+        #: "native" (Request -> Response) or "asgi" (ASGI 3 app).
+        self.interface = interface
+        #: The ASGI lifespan state, copied into every request's scope.
+        self.asgi_state: dict[str, Any] = {}
         self.draining = False
         self.connections: set[HTTPConnection] = set()
         self.connections_total = 0
@@ -152,14 +157,23 @@ class WorkerServer:
             await trio.sleep(DISCONNECT_SWEEP_INTERVAL)
             started_before = trio.current_time() - DISCONNECT_SWEEP_INTERVAL / 2
             for connection in list(self.connections):
-                scope = connection.handler_scope
+                started = connection.handler_started
                 if (
-                    scope is not None
-                    and connection.handler_started < started_before
+                    started
+                    and started < started_before
+                    and connection.websocket is None
                     and connection.client_gone()
                 ):
-                    log.info("client %s went away; cancelling its handler", connection.client)
-                    scope.cancel()
+                    scope = connection.handler_scope
+                    if scope is not None:
+                        log.info("client %s went away; cancelling its handler", connection.client)
+                        scope.cancel()
+                    elif connection.asgi_cycle is not None:
+                        log.info(
+                            "client %s went away; telling the app (http.disconnect)",
+                            connection.client,
+                        )
+                        connection.asgi_cycle.client_gone()
 
     async def drain(self, timeout: float) -> None:
         """Finish in-flight requests (their responses say Connection: close), close
@@ -172,6 +186,13 @@ class WorkerServer:
                 scope.deadline = deadline
         with trio.move_on_after(timeout):
             await self._all_closed.wait()
+        sockets = [c.websocket for c in self.connections if c.websocket is not None]
+        if sockets:
+            # WebSockets outlive any drain: tell their clients to come back (1012).
+            for session in sockets:
+                session.close_for_restart()
+            with trio.move_on_after(1.0):
+                await self._all_closed.wait()
         if self.connections:
             log.warning(
                 "graceful timeout: closing %d connection(s) still open",

@@ -1,0 +1,295 @@
+"""ASGI 3: the HTTP cycle and lifespan, on top of the worker's h11 connection.
+
+One HTTPCycle per request gives the app `receive` and `send`; the response head and
+the first (often only) body chunk go out in one write, with Content-Length when the
+app sends the whole body at once (chunked otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from ..native import BodyTooLarge, ClientDisconnected
+from ..protocol.http import http_date, reason
+
+if TYPE_CHECKING:
+    from .http import HTTPConnection
+
+log = logging.getLogger("rrproxy.asgi")
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+
+class ProtocolViolation(RuntimeError):
+    """The app sent ASGI messages out of order or malformed."""
+
+
+def http_scope(connection: HTTPConnection, event: h11.Request, kind: str) -> dict[str, Any]:
+    server = connection.server
+    config = server.config
+    raw_path, _, query = event.target.partition(b"?")
+    root = config.root_path
+    path = unquote(raw_path.decode("latin-1"))
+    return {
+        "type": kind,
+        "asgi": ASGI_VERSION,
+        "http_version": event.http_version.decode("ascii"),
+        "method": event.method.decode("ascii"),
+        "scheme": "http" if kind == "http" else "ws",
+        "path": root + path if root else path,
+        "raw_path": root.encode() + raw_path if root else raw_path,
+        "query_string": query,
+        "root_path": root,
+        "headers": event.headers,
+        "client": connection.client,
+        "server": connection.server_address(),
+        "state": dict(server.asgi_state),
+    }
+
+
+class HTTPCycle:
+    """One request/response exchange with an ASGI app."""
+
+    __slots__ = (
+        "_done",
+        "body_done",
+        "body_sent",
+        "complete",
+        "connection",
+        "head",
+        "head_sent",
+        "headers",
+        "started",
+        "status",
+    )
+
+    def __init__(self, connection: HTTPConnection, head: bool) -> None:
+        self.connection = connection
+        self.head = head
+        self.started = False
+        self.head_sent = False
+        self.complete = False
+        self.body_done = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body_sent = 0
+        self._done: trio.Event | None = None
+
+    def client_gone(self) -> None:
+        """The disconnect sweep saw the client leave: receive() says so."""
+        self.body_done = True
+        self._finished_event().set()
+
+    def _finished_event(self) -> trio.Event:
+        if self._done is None:
+            self._done = trio.Event()
+        return self._done
+
+    async def receive(self) -> Message:
+        connection = self.connection
+        if not self.body_done:
+            try:
+                chunk = await connection._read_body_chunk()
+            except ClientDisconnected:
+                self.body_done = True
+                return {"type": "http.disconnect"}
+            if chunk is not None:
+                return {"type": "http.request", "body": chunk, "more_body": True}
+            self.body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if not self.complete:
+            # Nothing more to read: the next event is the client leaving or the end
+            # of the response.
+            await self._finished_event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise ProtocolViolation("http.response.start sent twice")
+            self.started = True
+            self.status = int(message["status"])
+            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            return
+        if kind != "http.response.body":
+            raise ProtocolViolation(f"unexpected ASGI message {kind!r} in an HTTP cycle")
+        if not self.started:
+            raise ProtocolViolation("http.response.body before http.response.start")
+        if self.complete:
+            raise ProtocolViolation("http.response.body after the response ended")
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        connection = self.connection
+        conn = connection.conn
+        data = b""
+        if not self.head_sent:
+            headers = self.headers
+            if not more and not any(
+                k in (b"content-length", b"transfer-encoding") for k, _ in headers
+            ):
+                headers.append((b"content-length", str(len(body)).encode("ascii")))
+            if connection.server.draining:
+                headers.append((b"connection", b"close"))
+            headers.append((b"date", http_date()))
+            try:
+                data = conn.send(
+                    h11.Response(
+                        status_code=self.status, headers=headers, reason=reason(self.status)
+                    )
+                )
+            except h11.LocalProtocolError as exc:
+                raise ProtocolViolation(f"invalid response head: {exc}") from None
+            self.head_sent = True
+        if body and not self.head:
+            data += conn.send(h11.Data(data=body))
+            self.body_sent += len(body)
+        if not more:
+            data += conn.send(h11.EndOfMessage())
+            self.complete = True
+        if data:
+            await connection._sendall(data)
+        if self.complete:
+            self._finished_event().set()
+
+
+async def run_http(connection: HTTPConnection, event: h11.Request) -> bool:
+    """Serve one request with the ASGI app; True if the connection may continue."""
+    cycle = HTTPCycle(connection, event.method == b"HEAD")
+    connection.asgi_cycle = cycle
+    try:
+        await connection.server.handler(
+            http_scope(connection, event, "http"), cycle.receive, cycle.send
+        )
+    except BodyTooLarge:
+        if not cycle.head_sent:
+            await connection._send_error(413)
+            return False
+        return False
+    except (OSError, ClientDisconnected):
+        raise
+    except Exception as exc:
+        if isinstance(exc, ProtocolViolation):
+            log.error(
+                "ASGI app broke the protocol on %s %s: %s",
+                event.method.decode(),
+                event.target.decode("latin-1"),
+                exc,
+            )
+        else:
+            log.exception(
+                "ASGI app raised on %s %s", event.method.decode(), event.target.decode("latin-1")
+            )
+        if not cycle.head_sent:
+            response = connection._internal_error(exc)
+            return await connection._send_response(response, cycle.head)
+        return False  # the response is partly out: closing tells the client
+    finally:
+        connection.asgi_cycle = None
+    if not cycle.head_sent:
+        log.error(
+            "ASGI app returned without sending a response to %s %s",
+            event.method.decode(),
+            event.target.decode("latin-1"),
+        )
+        return await connection._send_error(500)
+    if not cycle.complete:
+        log.error("ASGI app returned before finishing its response (more_body=True)")
+        return False
+    connection._finished(cycle.status, cycle.body_sent)
+    conn = connection.conn
+    if conn.their_state is h11.SEND_BODY:
+        connection._discard_buffered_body()
+    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+
+class LifespanFailed(Exception):
+    """startup.failed, or the app raised during startup with --lifespan on."""
+
+
+class Lifespan:
+    """Runs the app's lifespan protocol in a task of the worker."""
+
+    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any]) -> None:
+        self.app = app
+        self.mode = mode
+        self.state = state
+        self.supported = mode != "off"
+        self._send_to_app, self._app_inbox = trio.open_memory_channel[Message](2)
+        self._startup_done = trio.Event()
+        self._shutdown_done = trio.Event()
+        self._failure: str | None = None
+        self._sent_anything = False
+
+    async def startup(self, nursery: trio.Nursery, timeout: float) -> None:
+        if not self.supported:
+            return
+        nursery.start_soon(self._run)
+        await self._send_to_app.send({"type": "lifespan.startup"})
+        with trio.move_on_after(timeout) as scope:
+            await self._startup_done.wait()
+        if scope.cancelled_caught:
+            raise LifespanFailed(f"lifespan startup did not complete within {timeout:g} s")
+        if self._failure is not None:
+            raise LifespanFailed(self._failure)
+
+    async def shutdown(self, timeout: float) -> None:
+        if not self.supported or self._failure is not None:
+            return
+        try:
+            await self._send_to_app.send({"type": "lifespan.shutdown"})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        with trio.move_on_after(timeout):
+            await self._shutdown_done.wait()
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        try:
+            await self.app(scope, self._receive, self._send)
+        except Exception as exc:
+            if self.mode == "auto" and not self._sent_anything:
+                log.info(
+                    "ASGI lifespan unsupported by the app (%s: %s); continuing without",
+                    type(exc).__name__,
+                    exc,
+                )
+                self.supported = False
+            else:
+                log.exception("ASGI lifespan raised")
+                self._failure = f"lifespan raised {type(exc).__name__}: {exc}"
+        finally:
+            self._startup_done.set()
+            self._shutdown_done.set()
+
+    async def _receive(self) -> Message:
+        return await self._app_inbox.receive()
+
+    async def _send(self, message: Message) -> None:
+        self._sent_anything = True
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self._startup_done.set()
+        elif kind == "lifespan.startup.failed":
+            self._failure = message.get("message") or "lifespan startup failed"
+            self._startup_done.set()
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if kind.endswith("failed"):
+                log.error("lifespan shutdown failed: %s", message.get("message", ""))
+            self._shutdown_done.set()
+        else:
+            raise ProtocolViolation(f"unexpected lifespan message {kind!r}")
+
+
+__all__ = ["HTTPCycle", "Lifespan", "LifespanFailed", "run_http"]

@@ -1,0 +1,283 @@
+"""ASGI WebSockets over wsproto, after h11 has parsed the upgrade request.
+
+The handshake (101) is answered when the app sends websocket.accept; before that the
+app may deny with websocket.close (403) or websocket.http.response.*. A reader task
+turns frames into websocket.receive messages (with --ws-max-size), answers pings,
+and pings an idle peer every --ws-ping-interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import h11
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    TextMessage,
+)
+
+from ..protocol.http import http_date, reason
+from .asgi import ProtocolViolation, http_scope
+
+if TYPE_CHECKING:
+    from .http import HTTPConnection
+
+log = logging.getLogger("rrproxy.websocket")
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def is_websocket_upgrade(event: h11.Request) -> bool:
+    upgrade = connection = False
+    for name, value in event.headers:
+        if name == b"upgrade" and value.lower() == b"websocket":
+            upgrade = True
+        elif name == b"connection" and b"upgrade" in value.lower():
+            connection = True
+    return upgrade and connection and event.method == b"GET"
+
+
+class WebSocketSession:
+    def __init__(self, connection: HTTPConnection, event: h11.Request) -> None:
+        self.connection = connection
+        self.event = event
+        self.config = connection.server.config
+        self.ws: Connection | None = None
+        self.accepted = False
+        self.closed = False
+        self.denied = False
+        self.close_code: int | None = None
+        self._connect_sent = False
+        self._to_app, self._inbox = trio.open_memory_channel[dict[str, Any]](16)
+        self._denial_status = 0
+        self._denial_headers: list[tuple[bytes, bytes]] = []
+        self._nursery: trio.Nursery | None = None
+        self._pong = trio.Event()
+
+    # --- the ASGI side -------------------------------------------------------------
+
+    async def run(self) -> None:
+        headers = dict(self.event.headers)
+        if headers.get(b"sec-websocket-version") != b"13" or b"sec-websocket-key" not in headers:
+            await self.connection._send_error(400)
+            return
+        scope = http_scope(self.connection, self.event, "websocket")
+        protocols = headers.get(b"sec-websocket-protocol", b"").decode("latin-1")
+        scope["subprotocols"] = [p.strip() for p in protocols.split(",") if p.strip()]
+        scope["extensions"] = {"websocket.http.response": {}}
+        self.connection.websocket = self
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self.connection.server.handler(scope, self.receive, self.send)
+                except ProtocolViolation as exc:
+                    log.error("ASGI app broke the WebSocket protocol: %s", exc)
+                except Exception:
+                    log.exception("ASGI WebSocket app raised")
+                    if self.accepted and not self.closed:
+                        await self._close(1011, "internal error")
+                if not self.accepted and not self.denied:
+                    await self._deny(403)
+                elif self.accepted and not self.closed:
+                    await self._close(1000, "")
+                nursery.cancel_scope.cancel()
+        finally:
+            self.connection.websocket = None
+            self._to_app.close()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._connect_sent:
+            self._connect_sent = True
+            return {"type": "websocket.connect"}
+        try:
+            return await self._inbox.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return {"type": "websocket.disconnect", "code": self.close_code or 1006}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept":
+            if self.accepted or self.denied:
+                raise ProtocolViolation("websocket.accept after the handshake was answered")
+            await self._accept(message)
+        elif kind == "websocket.send":
+            if not self.accepted:
+                raise ProtocolViolation("websocket.send before websocket.accept")
+            if self.closed:
+                return  # the peer is gone; like uvicorn, drop silently
+            text, data = message.get("text"), message.get("bytes")
+            payload = text if text is not None else data
+            if payload is None:
+                raise ProtocolViolation("websocket.send needs text or bytes")
+            await self._write(_message(payload))
+        elif kind == "websocket.close":
+            if not self.accepted:
+                await self._deny(403)
+            else:
+                await self._close(int(message.get("code", 1000)), message.get("reason") or "")
+        elif kind == "websocket.http.response.start":
+            if self.accepted or self.denied:
+                raise ProtocolViolation("websocket.http.response.start after the handshake")
+            self._denial_status = int(message["status"])
+            self._denial_headers = [
+                (bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())
+            ]
+        elif kind == "websocket.http.response.body":
+            if not self._denial_status:
+                raise ProtocolViolation("websocket.http.response.body before .start")
+            await self._deny(
+                self._denial_status,
+                bytes(message.get("body", b"")),
+                self._denial_headers,
+                bool(message.get("more_body", False)),
+            )
+        else:
+            raise ProtocolViolation(f"unexpected ASGI message {kind!r} on a WebSocket")
+
+    # --- the wire side -------------------------------------------------------------
+
+    async def _accept(self, message: dict[str, Any]) -> None:
+        connection = self.connection
+        key = dict(self.event.headers)[b"sec-websocket-key"]
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        headers = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", accept),
+        ]
+        if message.get("subprotocol"):
+            headers.append((b"sec-websocket-protocol", message["subprotocol"].encode()))
+        headers += [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+        conn = connection.conn
+        data = conn.send(
+            h11.InformationalResponse(
+                status_code=101, headers=headers, reason=b"Switching Protocols"
+            )
+        )
+        await connection._sendall(data)
+        trailing, _ = conn.trailing_data
+        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        self.accepted = True
+        connection._finished(101, 0)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._read)
+        if self.config.ws_ping_interval > 0:
+            self._nursery.start_soon(self._keepalive)
+
+    async def _deny(
+        self, status: int, body: bytes = b"", headers: list | None = None, more: bool = False
+    ) -> None:
+        connection = self.connection
+        conn = connection.conn
+        if not self.denied:
+            self.denied = True
+            head = list(headers or [])
+            if not more and not any(k == b"content-length" for k, _ in head):
+                head.append((b"content-length", str(len(body)).encode()))
+            head += [(b"connection", b"close"), (b"date", http_date())]
+            data = conn.send(h11.Response(status_code=status, headers=head, reason=reason(status)))
+            connection._finished(status, len(body))
+        else:
+            data = b""
+        if body:
+            data += conn.send(h11.Data(data=body))
+        if not more:
+            data += conn.send(h11.EndOfMessage())
+        await connection._sendall(data)
+
+    async def _write(self, event: Any) -> None:
+        assert self.ws is not None
+        try:
+            await self.connection._sendall(self.ws.send(event))
+        except OSError:
+            self._peer_gone(1006)
+
+    async def _close(self, code: int, why: str) -> None:
+        if self.closed or self.ws is None:
+            return
+        self.closed = True
+        if self.ws.state is ConnectionState.OPEN:
+            await self._write(CloseConnection(code=code, reason=why))
+
+    def close_for_restart(self) -> None:
+        """Drain timeout reached: tell the client to come back (1012)."""
+        if self._nursery is not None and self.accepted and not self.closed:
+            self._nursery.start_soon(self._close, 1012, "service restart")
+
+    def _peer_gone(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+        self.closed = True
+        self._to_app.close()
+
+    async def _read(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        limit = self.config.ws_max_size
+        parts: list[Any] = []
+        size = 0
+        while True:
+            data = await self.connection._recv()
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    size += len(event.data)
+                    if size > limit:
+                        await self._close(1009, "message too big")
+                        self._peer_gone(1009)
+                        return
+                    parts.append(event.data)
+                    if event.message_finished:
+                        if isinstance(event, TextMessage):
+                            message = {"type": "websocket.receive", "text": "".join(parts)}
+                        else:
+                            message = {"type": "websocket.receive", "bytes": b"".join(parts)}
+                        parts, size = [], 0
+                        try:
+                            await self._to_app.send(message)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+                elif isinstance(event, Ping):
+                    await self._write(event.response())
+                elif isinstance(event, Pong):
+                    self._pong.set()
+                elif isinstance(event, CloseConnection):
+                    if ws.state is ConnectionState.REMOTE_CLOSING:
+                        await self._write(event.response())
+                    self._peer_gone(event.code)
+                    return
+            if not data:
+                self._peer_gone(1006)
+                return
+
+    async def _keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        while not self.closed:
+            await trio.sleep(interval)
+            self._pong = trio.Event()
+            await self._write(Ping(payload=b"rrproxy"))
+            with trio.move_on_after(self.config.ws_ping_timeout) as scope:
+                await self._pong.wait()
+            if scope.cancelled_caught and not self.closed:
+                log.info("WebSocket peer did not answer a ping; closing")
+                await self._close(1011, "ping timeout")
+                self._peer_gone(1006)
+                return
+
+
+def _message(payload: str | bytes) -> Any:
+    if isinstance(payload, str):
+        return TextMessage(data=payload)
+    return BytesMessage(data=bytes(payload))
+
+
+__all__ = ["WebSocketSession", "is_websocket_upgrade"]
