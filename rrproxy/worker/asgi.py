@@ -51,7 +51,7 @@ def http_scope(connection: HTTPConnection, event: h11.Request, kind: str) -> dic
         "raw_path": root.encode() + raw_path if root else raw_path,
         "query_string": query,
         "root_path": root,
-        "headers": event.headers,
+        "headers": list(event.headers),
         "client": connection.client,
         "server": connection.server_address(),
         "state": dict(server.asgi_state),
