@@ -7,7 +7,11 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-POLICIES = ("rr", "none")
+#: rr, least-conn, ip-hash: the front accepts and picks a worker (front/policies.py).
+#: none: workers accept from one shared socket; reuseport: each worker binds its own
+#: SO_REUSEPORT socket. In both the kernel picks.
+POLICIES = ("rr", "none", "reuseport", "least-conn", "ip-hash")
+KERNEL_POLICIES = ("none", "reuseport")
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,10 @@ class WorkerConfig:
     max_requests: int = 0
     max_requests_jitter: int = 0
     stats_interval: float = 1.0
+    #: Under reuseport each worker binds host:port itself (the front's real port).
+    bind_host: str = ""
+    bind_port: int = 0
+    backlog: int = 2048
     debug: bool = False
     access_log: bool = False
     #: "auto", "native" or "asgi" (what the app is), and the ASGI options.

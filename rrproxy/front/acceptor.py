@@ -29,7 +29,7 @@ async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
             await dispatcher.wait_for_room()
         for _ in range(_BATCH):
             try:
-                sock, _addr = accept()
+                sock, address = accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(listener)
                 break
@@ -41,7 +41,7 @@ async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the client gave up before we got to it
                 raise
-            submit(sock)
+            submit(sock, address[0] if address else None)
             if dispatcher.full:
                 break
         else:

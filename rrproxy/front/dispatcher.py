@@ -57,8 +57,8 @@ class Dispatcher:
 
     # --- intake --------------------------------------------------------------------
 
-    def submit(self, sock: socket.socket) -> None:
-        conn = PendingConn(next(self._ids), sock)
+    def submit(self, sock: socket.socket, client: str | None = None) -> None:
+        conn = PendingConn(next(self._ids), sock, client=client)
         self.held += 1
         if self.queue or not self._hand(conn, require_room=True):
             conn.queued_at = trio.current_time()
@@ -98,7 +98,7 @@ class Dispatcher:
     def _hand(self, conn: PendingConn, require_room: bool) -> bool:
         workers = self._workers()
         for _ in range(len(workers) + 1):
-            worker = self.policy.choose(workers, require_room)
+            worker = self.policy.choose(workers, require_room, conn.client)
             if worker is None:
                 return False
             try:

@@ -11,12 +11,12 @@ import sys
 
 import trio
 
-from ..config import Config, ConfigError
+from ..config import KERNEL_POLICIES, Config, ConfigError
 from ..logs import reopen_log_file
 from .acceptor import accept_loop
 from .admin import AdminServer, bind_admin, default_admin, parse_admin
 from .dispatcher import Dispatcher
-from .policies import RoundRobin
+from .policies import POLICIES
 from .supervisor import BootError, RestartStorm, Supervisor
 
 log = logging.getLogger("rrproxy.front")
@@ -37,10 +37,15 @@ def bind(config: Config) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.policy == "reuseport":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(config.backlog)
+        if config.policy != "reuseport":
+            # Under reuseport the front only holds the port (bound, not listening:
+            # it is in no accept group); each worker listens on its own socket.
+            sock.listen(config.backlog)
     except OSError as exc:
         sock.close()
         where = f"{config.host}:{config.port}"
@@ -80,9 +85,9 @@ class Front:
             AdminServer(self, admin_sock, config.admin_token) if admin_sock is not None else None
         )
         self.dispatcher: Dispatcher | None = None
-        if config.policy == "rr":
+        if config.policy not in KERNEL_POLICIES:
             self.dispatcher = Dispatcher(
-                RoundRobin(),
+                POLICIES[config.policy](),
                 lambda: self.supervisor.workers,
                 config.max_pending,
                 config.max_connections,
@@ -191,6 +196,13 @@ class Front:
 def run(config: Config) -> int:
     """Serve until stopped; the exit status for the CLI."""
     listener = bind(config)
+    host, port = listener.getsockname()[:2]
+    config = dataclasses.replace(
+        config,
+        worker=dataclasses.replace(
+            config.worker, bind_host=host, bind_port=port, backlog=config.backlog
+        ),
+    )
     admin_sock = None
     if config.admin != "off":
         try:

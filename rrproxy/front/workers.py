@@ -39,6 +39,8 @@ class PendingConn:
 
     conn_id: int
     sock: socket.socket
+    #: The client's address (for ip-hash).
+    client: str | None = None
     #: trio.current_time() when it joined the queue (0: handed at once).
     queued_at: float = 0.0
 
@@ -97,6 +99,11 @@ class WorkerProcess:
             return False
         limit = self.limit_concurrency
         return limit is None or self.connections_active + unacked < limit
+
+    @property
+    def load(self) -> int:
+        """Open connections as last reported, plus those handed and not answered."""
+        return self.connections_active + len(self.unacked)
 
     def mark_channel_full(self, full: bool) -> None:
         self.channel_full = full

@@ -277,6 +277,17 @@ async def _main(sock: socket.socket, slot: int) -> int:
     cluster.worker_id = message.worker_id
     cluster.worker_count = message.worker_count
     listener = socket.socket(fileno=fd) if fd is not None else None
+    if config.policy == "reuseport":
+        try:
+            listener = _bind_reuseport(config)
+        except OSError as exc:
+            await channel.send(
+                Failed(
+                    "bind",
+                    f"cannot bind {config.bind_host}:{config.bind_port} with SO_REUSEPORT: {exc}",
+                )
+            )
+            return EXIT_BOOT_ERROR
     try:
         handler = load_app(config.app, config.app_dir)
     except AppLoadError as exc:
@@ -300,6 +311,24 @@ async def _main(sock: socket.socket, slot: int) -> int:
     worker = Worker(channel, server, listener, lifespan)
     server.on_retire = worker.ask_to_retire
     return await worker.run()
+
+
+def _bind_reuseport(config: WorkerConfig) -> socket.socket:
+    """This worker's own socket in the port's SO_REUSEPORT group: the kernel hashes
+    each new connection to one of the group's listening sockets."""
+    family = socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((config.bind_host, config.bind_port))
+        sock.listen(config.backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str] | None = None) -> None:
