@@ -1,0 +1,1 @@
+"""rrproxy's load-test harness: `python -m loadtest --help`."""
