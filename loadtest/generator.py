@@ -60,15 +60,18 @@ class Client:
     """One connection's worth of HTTP/1.1, kept minimal so the generator costs
     little CPU: requests are prebuilt bytes, responses need a Content-Length."""
 
-    def __init__(self, host: str, port: int, keep_alive: bool) -> None:
+    def __init__(self, host: str, port: int, keep_alive: bool, source: str | None = None) -> None:
         self.host = host
         self.port = port
         self.keep_alive = keep_alive
+        self.source = source
         self.sock: trio.socket.SocketType | None = None
         self.buffer = b""
 
     async def connect(self) -> None:
         sock = trio.socket.socket()
+        if self.source:
+            await sock.bind((self.source, 0))
         await sock.connect((self.host, self.port))
         sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
         self.sock = sock
@@ -155,6 +158,7 @@ async def run_load(
     seed: int = 0,
     request_timeout: float = 30.0,
     on_progress: object = None,
+    sources: int = 16,
 ) -> LoadResult:
     """Drive load for `duration` seconds and wait for every request in flight, so
     the server's counts afterwards match what was sent."""
@@ -168,7 +172,10 @@ async def run_load(
 
     async def one_client(index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
-        client = Client(host, port, keep_alive)
+        # Clients come from `sources` loopback addresses (127.0.1.1, 127.0.1.2, ...),
+        # so address-based policies (ip-hash) see many clients, as they would live.
+        source = f"127.0.1.{1 + index % sources}" if sources > 1 and host == "127.0.0.1" else None
+        client = Client(host, port, keep_alive, source)
         try:
             while True:
                 if rate:

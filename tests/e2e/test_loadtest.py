@@ -1,0 +1,112 @@
+"""The load-test harness end to end, on short runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO
+
+
+def _run(out: Path, *args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest", "--out", str(out), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_harness_reports_and_per_worker_numbers_add_up(tmp_path: Path):
+    results = _run(
+        tmp_path,
+        "--scenarios",
+        "hello,mixed",
+        "--modes",
+        "keep-alive,close",
+        "--policies",
+        "rr,none,least-conn",
+        "--workers",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.3",
+        "--seed",
+        "3",
+    )
+    for name in ("results.json", "report.md", "throughput_p99.png", "worker_share.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(results["runs"]) == 12
+    for run in results["runs"]:
+        load, server = run["load"], run["server"]
+        assert load["completed"] > 0 and not load["errors"]
+        # Server-side truth and client-side counts agree exactly: every request the
+        # generator completed was counted by exactly one worker.
+        assert sum(server["requests_per_worker"]) == load["completed"]
+        assert len(server["requests_per_worker"]) == 2
+        assert 0.5 <= server["jain_requests"] <= 1.0
+        latency = load["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+        if run["mode"] == "close":
+            assert server["connections_per_worker"] == server["requests_per_worker"]
+    assert results["machine"]["cpus"] >= 1
+    assert "rr" in (tmp_path / "report.md").read_text()
+
+
+def test_harness_open_loop_and_wrk(tmp_path: Path, wrk: str):
+    open_loop = _run(
+        tmp_path / "open",
+        "--scenarios",
+        "slow-io",
+        "--modes",
+        "keep-alive",
+        "--policies",
+        "rr",
+        "--workers",
+        "2",
+        "--concurrency",
+        "8",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--no-charts",
+    )
+    load = open_loop["runs"][0]["load"]
+    assert 150 <= load["completed"] <= 201  # ~100/s for 2 s
+    assert load["latency_ms"]["p50"] >= 50  # the app awaits 50 ms
+    with_wrk = _run(
+        tmp_path / "wrk",
+        "--scenarios",
+        "upload",
+        "--modes",
+        "close",
+        "--policies",
+        "rr",
+        "--workers",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--generator",
+        "wrk",
+        "--no-charts",
+    )
+    run = with_wrk["runs"][0]
+    assert run["load"]["generator"] == "wrk"
+    assert run["load"]["completed"] > 0 and not run["load"]["errors"]
+    # wrk counts requests it started; the server counted each one it answered.
+    assert abs(run["server"]["requests_total"] - run["load"]["completed"]) <= 4
