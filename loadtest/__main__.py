@@ -90,6 +90,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser().parse_args(argv)
     if args.duration <= 0 or args.duration > 600 or args.concurrency < 1:
         print("loadtest: --duration must be in (0, 600] and --concurrency >= 1", file=sys.stderr)
