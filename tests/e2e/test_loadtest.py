@@ -110,3 +110,39 @@ def test_harness_open_loop_and_wrk(tmp_path: Path, wrk: str):
     assert run["load"]["completed"] > 0 and not run["load"]["errors"]
     # wrk counts requests it started; the server counted each one it answered.
     assert abs(run["server"]["requests_total"] - run["load"]["completed"]) <= 4
+
+
+def test_bench_runs_targets_side_by_side(tmp_path: Path, wrk: str):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "bench",
+            "--targets",
+            "rrproxy rr,rrproxy none",
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert "| rrproxy none |" in (tmp_path / "bench.md").read_text()
+    for mode in ("keep-alive", "close"):
+        rows = results["summary"][mode]
+        assert rows["rrproxy rr"]["ratio_to_rrproxy_rr"] == 1.0
+        assert rows["rrproxy none"]["median_rps"] > 0
+        assert rows["rrproxy rr"]["errors"] == rows["rrproxy none"]["errors"] == 0
+    # The front's cost per handed-over connection is measured under rr.
+    assert results["summary"]["close"]["rrproxy rr"]["front_us_per_handoff"] > 0
