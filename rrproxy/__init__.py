@@ -8,6 +8,7 @@ The public handler API::
         return Response(200, b"hi", {"content-type": "text/plain"})
 """
 
+from . import cluster, state
 from .native import BodyTooLarge, ClientDisconnected, Headers, Request, Response
 
 __version__ = "0.1.0"
@@ -19,4 +20,6 @@ __all__ = [
     "Request",
     "Response",
     "__version__",
+    "cluster",
+    "state",
 ]

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a WebSocket whose ping is not answered within this",
     )
+    parser.add_argument(
+        "--state",
+        default="memory",
+        metavar="URL",
+        help="backend of rrproxy.state: memory (held by the front, shared by all workers)",
+    )
     observe = parser.add_argument_group("observability", "admin interface and logs")
     observe.add_argument(
         "--admin",
@@ -317,6 +323,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = parser.parse_args(argv)
     try:
         parse_app_spec(args.app)
+        if args.state != "memory":
+            raise ConfigError(
+                f"--state {args.state}: this version supports only 'memory' "
+                "(the Redis backend is not built yet)"
+            )
         config = config_from_args(args)
         config.validate()
     except (AppSpecError, ConfigError) as exc:

@@ -26,6 +26,7 @@ from ..ipc.messages import (
     Ready,
     Rejected,
     Retire,
+    StateRequest,
     Stats,
     Taken,
     UserMessage,
@@ -58,6 +59,7 @@ class WorkerLink:
         on_ready: Callable[[WorkerProcess], None],
         on_retire: Callable[[WorkerProcess, str], None],
         on_user_message: Callable[[WorkerProcess, UserMessage], None],
+        on_state_request: Callable[[WorkerProcess, StateRequest], None],
         quiet_failures: Callable[[], bool],
         worker_count: Callable[[], int],
     ) -> None:
@@ -68,6 +70,7 @@ class WorkerLink:
         self.on_ready = on_ready
         self.on_retire = on_retire
         self.on_user_message = on_user_message
+        self.on_state_request = on_state_request
         self.quiet_failures = quiet_failures
         self.worker_count = worker_count
 
@@ -200,6 +203,8 @@ class WorkerLink:
                 dispatcher.rejected(worker, message.conn_id)  # type: ignore[attr-defined]
             elif kind is Retire:
                 self.on_retire(worker, message.reason)  # type: ignore[attr-defined]
+            elif kind is StateRequest:
+                self.on_state_request(worker, message)  # type: ignore[arg-type]
             elif kind is UserMessage:
                 to = message.to  # type: ignore[attr-defined]
                 if to not in ("front", "all") and not to.isdigit():

@@ -21,7 +21,17 @@ import trio
 
 from ..config import Config
 from ..ipc.channel import ChannelClosed, WorkerChannel, socketpair
-from ..ipc.messages import ClusterInfo, Message, Poll, ReopenLogs, Stop, UserMessage
+from ..ipc.messages import (
+    ClusterInfo,
+    Message,
+    Poll,
+    ReopenLogs,
+    StateReply,
+    StateRequest,
+    Stop,
+    UserMessage,
+)
+from ..state_store import MemoryStore, StoreError
 from .dispatcher import Dispatcher
 from .link import WorkerLink
 from .workers import Slot, WorkerProcess, WorkerState
@@ -71,6 +81,8 @@ class Supervisor:
         self._all_exited = trio.Event()
         self._early_deaths = 0
         self._last_failure = ""
+        #: `--state memory`: the shared state lives here, so it outlives workers.
+        self.state_store = MemoryStore(trio.current_time)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -223,6 +235,7 @@ class Supervisor:
             on_ready=self._worker_ready,
             on_retire=self._on_retire,
             on_user_message=self._on_user_message,
+            on_state_request=self._on_state_request,
             quiet_failures=lambda: not self._booted.is_set(),
             worker_count=lambda: self.worker_count,
         )
@@ -425,6 +438,15 @@ class Supervisor:
                 return
             self._send_all(outgoing, [slot.current])
 
+    def _on_state_request(self, worker: WorkerProcess, request: StateRequest) -> None:
+        """rrproxy.state with the memory backend: one operation, atomically, here."""
+        try:
+            value = self.state_store.apply(request.op, request.key, request.value, request.ttl)
+            reply = StateReply(request.request_id, True, value)
+        except StoreError as exc:
+            reply = StateReply(request.request_id, False, None, str(exc))
+        self._send_all(reply, [worker])
+
     def _announce_count(self) -> None:
         self._send_all(ClusterInfo(self.worker_count))
 
@@ -453,6 +475,7 @@ class Supervisor:
         interval = HEALTH_INTERVAL if timeout <= 0 else min(HEALTH_INTERVAL, timeout / 4)
         while True:
             await trio.sleep(interval)
+            self.state_store.sweep()
             now = trio.current_time()
             for worker in list(self.workers):
                 if worker.state is WorkerState.READY and max_memory:

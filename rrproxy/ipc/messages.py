@@ -190,6 +190,29 @@ class ReopenLogs(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class StateRequest(Message):
+    """worker -> front: one operation on the shared state (rrproxy.state)."""
+
+    TAG: ClassVar[int] = 27
+    request_id: int
+    op: str
+    key: str
+    value: object = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply(Message):
+    """front -> worker: the answer to StateRequest `request_id`."""
+
+    TAG: ClassVar[int] = 28
+    request_id: int
+    ok: bool
+    value: object = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Retire(Message):
     """worker -> front: please replace me (e.g. --max-requests reached). The worker
     keeps serving until the front has a replacement ready and sends Stop."""
@@ -212,6 +235,8 @@ _JSON: dict[int, type[Message]] = {
         UserMessage,
         ClusterInfo,
         ReopenLogs,
+        StateRequest,
+        StateReply,
     )
 }
 

@@ -36,6 +36,7 @@ from ..protocol.http import (
     http_date,
     reason,
 )
+from ..state import StateUnavailable
 from .asgi import run_http
 from .websocket import WebSocketSession, is_websocket_upgrade
 
@@ -294,6 +295,9 @@ class HTTPConnection:
         except MalformedBody:
             await self._send_error(400)
             return False
+        except StateUnavailable as exc:
+            log.error("%s %s: %s", request.method, request.path, exc)
+            response = Response(503, error_body(503), [("content-type", "text/plain")])
         except ClientDisconnected:
             raise
         except InvalidResponse as exc:

@@ -19,7 +19,7 @@ import sys
 
 import trio
 
-from .. import cluster
+from .. import cluster, state
 from ..appload import AppLoadError, detect_interface, is_coroutine_callable, load_app
 from ..config import WorkerConfig
 from ..fdlimit import raise_fd_limit
@@ -38,6 +38,8 @@ from ..ipc.messages import (
     Rejected,
     ReopenLogs,
     Retire,
+    StateReply,
+    StateRequest,
     Stats,
     Stop,
     Taken,
@@ -92,6 +94,7 @@ class Worker:
             self._nursery = nursery
             cluster._send = self._send_user_message
             cluster._spawn = self._spawn
+            state._client = state._Client(self._send_state_request)
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
@@ -194,6 +197,8 @@ class Worker:
             try:
                 message, fd = await channel.receive()
             except ChannelClosed:
+                if state._client is not None:
+                    state._client.fail_all("the front process went away")
                 # The front is gone: no orphans. Finish what we have and exit.
                 if not self._stop.is_set():
                     log.warning("front process went away; draining and exiting")
@@ -233,6 +238,11 @@ class Worker:
                 cluster.worker_count = message.worker_count
             elif type(message) is ReopenLogs:
                 reopen_log_file()
+            elif type(message) is StateReply:
+                if state._client is not None:
+                    state._client.reply(
+                        message.request_id, message.ok, message.value, message.error
+                    )
             else:
                 if fd is not None:
                     os.close(fd)
@@ -243,6 +253,11 @@ class Worker:
             self._answer(Taken(conn_id, self.server.connections_active))
 
         return ack
+
+    async def _send_state_request(
+        self, request_id: int, op: str, key: str, value: object, ttl: float | None
+    ) -> None:
+        await self.channel.send(StateRequest(request_id, op, key, value, ttl))
 
     async def _send_user_message(self, payload: object, to: str) -> None:
         await self.channel.send(UserMessage(payload, to, self.server.worker_id))
