@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         default="memory",
         metavar="URL",
-        help="backend of rrproxy.state: memory (held by the front, shared by all workers)",
+        help="backend of rrproxy.state: memory (held by the front, shared by all workers) "
+        "or redis://[:password@]host:port/db (rediss:// for TLS; password also from "
+        "$RRPROXY_REDIS_PASSWORD)",
     )
     observe = parser.add_argument_group("observability", "admin interface and logs")
     observe.add_argument(
@@ -288,6 +290,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests_jitter=args.max_requests_jitter,
         debug=args.debug,
         access_log=args.access_log,
+        state=args.state,
         interface=args.interface,
         lifespan=args.lifespan,
         root_path=args.root_path.rstrip("/"),
@@ -324,10 +327,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     try:
         parse_app_spec(args.app)
         if args.state != "memory":
-            raise ConfigError(
-                f"--state {args.state}: this version supports only 'memory' "
-                "(the Redis backend is not built yet)"
-            )
+            from .redis_state import parse_url
+
+            try:
+                parse_url(args.state)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         config = config_from_args(args)
         config.validate()
     except (AppSpecError, ConfigError) as exc:

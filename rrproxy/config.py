@@ -54,6 +54,8 @@ class WorkerConfig:
     backlog: int = 2048
     debug: bool = False
     access_log: bool = False
+    #: rrproxy.state backend: "memory" (the front) or a redis:// URL (each worker).
+    state: str = "memory"
     #: "auto", "native" or "asgi" (what the app is), and the ASGI options.
     interface: str = "auto"
     lifespan: str = "auto"

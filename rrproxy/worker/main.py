@@ -94,7 +94,13 @@ class Worker:
             self._nursery = nursery
             cluster._send = self._send_user_message
             cluster._spawn = self._spawn
-            state._client = state._Client(self._send_state_request)
+            backend = self.server.config.state
+            if backend == "memory":
+                state._client = state._Client(self._send_state_request)
+            else:
+                from ..redis_state import RedisBackend
+
+                state._client = RedisBackend(backend)  # type: ignore[assignment]
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
@@ -197,7 +203,7 @@ class Worker:
             try:
                 message, fd = await channel.receive()
             except ChannelClosed:
-                if state._client is not None:
+                if isinstance(state._client, state._Client):
                     state._client.fail_all("the front process went away")
                 # The front is gone: no orphans. Finish what we have and exit.
                 if not self._stop.is_set():
@@ -239,7 +245,7 @@ class Worker:
             elif type(message) is ReopenLogs:
                 reopen_log_file()
             elif type(message) is StateReply:
-                if state._client is not None:
+                if isinstance(state._client, state._Client):
                     state._client.reply(
                         message.request_id, message.ok, message.value, message.error
                     )

@@ -1,0 +1,191 @@
+"""`--state redis://host:port/db`: rrproxy.state on a real Redis server.
+
+A small RESP client on trio streams (trio is not asyncio, so asyncio Redis clients
+do not fit), replies parsed by hiredis. Each worker keeps a pool of connections;
+when Redis is down, calls fail at once with StateUnavailable (503) and the pool
+reconnects with a growing delay (0.1 s doubling to 5 s).
+
+Values are stored so that Redis itself can work on them: integers as plain decimal
+strings (so INCRBY is atomic in Redis), other JSON values as "j" + JSON, bytes as
+"b" + the raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+import trio
+
+from .state import StateError, StateUnavailable
+
+POOL_SIZE = 4
+CONNECT_TIMEOUT = 2.0
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"--state must be memory or redis://host:port/db, got {url!r}")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"--state {url}: the database must be a number")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 6379,
+        "db": int(db),
+        "password": unquote(parts.password)
+        if parts.password
+        else os.environ.get("RRPROXY_REDIS_PASSWORD"),
+        "username": unquote(parts.username) if parts.username else None,
+        "tls": parts.scheme == "rediss",
+    }
+
+
+def _command(*args: Any) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Connection:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.reader = hiredis.Reader()
+
+    async def call(self, *args: Any) -> Any:
+        await self.stream.send_all(_command(*args))
+        while True:
+            reply = self.reader.gets()
+            if reply is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise StateError(f"redis: {reply}")
+                return reply
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("redis closed the connection")
+            self.reader.feed(data)
+
+
+class RedisBackend:
+    """Implements the same `request(op, key, value, ttl)` as the memory client."""
+
+    def __init__(self, url: str) -> None:
+        self.options = parse_url(url)
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._slot = trio.Semaphore(POOL_SIZE)
+        self._down_until = 0.0
+        self._backoff = BACKOFF_INITIAL
+
+    async def _connect(self) -> _Connection:
+        options = self.options
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(options["host"], options["port"])
+            if options["tls"]:
+                stream = trio.SSLStream(
+                    stream, ssl.create_default_context(), server_hostname=options["host"]
+                )
+            connection = _Connection(stream)
+            if options["password"]:
+                auth = ([options["username"]] if options["username"] else []) + [
+                    options["password"]
+                ]
+                await connection.call("AUTH", *auth)
+            if options["db"]:
+                await connection.call("SELECT", options["db"])
+        return connection
+
+    async def _execute(self, *args: Any) -> Any:
+        now = trio.current_time()
+        if now < self._down_until:
+            raise StateUnavailable("redis is unreachable (retrying)")
+        async with self._slot:
+            # A pooled connection may have died with a Redis restart: one retry on a
+            # fresh connection tells that apart from Redis being down.
+            for attempt in (1, 2):
+                connection = self._idle.pop() if self._idle else None
+                reused = connection is not None
+                try:
+                    if connection is None:
+                        connection = await self._connect()
+                    with trio.fail_after(CONNECT_TIMEOUT * 2):
+                        result = await connection.call(*args)
+                except StateError:
+                    if connection is not None:
+                        self._idle.append(connection)
+                    raise
+                except (
+                    OSError,
+                    trio.TooSlowError,
+                    trio.BrokenResourceError,
+                    ConnectionError,
+                    hiredis.ProtocolError,
+                ) as exc:
+                    if connection is not None:
+                        await trio.aclose_forcefully(connection.stream)
+                    if reused and attempt == 1:
+                        continue
+                    self._down_until = trio.current_time() + self._backoff
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                    raise StateUnavailable(f"redis is unreachable: {exc}") from None
+                self._backoff = BACKOFF_INITIAL
+                self._idle.append(connection)
+                return result
+        raise StateUnavailable("redis is unreachable")
+
+    async def request(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
+        if op == "get":
+            return _from_redis(await self._execute("GET", key))
+        if op == "set":
+            args = ["SET", key, _to_redis(value)]
+            if ttl is not None:
+                args += ["PX", max(1, int(ttl * 1000))]
+            await self._execute(*args)
+            return True
+        if op == "delete":
+            return bool(await self._execute("DEL", key))
+        if op == "incr":
+            try:
+                return await self._execute("INCRBY", key, int(value))
+            except StateUnavailable:
+                raise
+            except StateError as exc:
+                raise StateError(f"the value of {key!r} is not an integer ({exc})") from None
+        if op == "expire":
+            return bool(await self._execute("PEXPIRE", key, max(1, int((ttl or 0) * 1000))))
+        raise StateError(f"unknown operation {op!r}")
+
+
+def _to_redis(tagged: dict[str, Any]) -> bytes:
+    if tagged["t"] == "bytes":
+        return b"b" + base64.b64decode(tagged["v"])
+    value = tagged["v"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).encode()
+    return b"j" + json.dumps(value, separators=(",", ":")).encode()
+
+
+def _from_redis(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    if raw[:1] == b"b":
+        return {"t": "bytes", "v": base64.b64encode(raw[1:]).decode()}
+    if raw[:1] == b"j":
+        return {"t": "json", "v": json.loads(raw[1:])}
+    try:
+        return {"t": "json", "v": int(raw)}
+    except ValueError:
+        raise StateError("the stored value is not in rrproxy's format") from None
+
+
+__all__ = ["RedisBackend", "parse_url"]
