@@ -12,6 +12,7 @@ here and never reaches the supervisor's logic.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import struct
 import types
@@ -286,21 +287,28 @@ def decode(data: bytes) -> Message:
     return _from_fields(cls, body)
 
 
-def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
+@functools.cache
+def _schema(cls: type[Message]) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """Each field with its resolved type, computed once per message class."""
     hints = typing.get_type_hints(cls)
+    return tuple((field, hints[field.name]) for field in dataclasses.fields(cls))
+
+
+def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    schema = _schema(cls)
+    for field, hint in schema:
         if field.name not in body:
             if field.default is dataclasses.MISSING:
                 raise ProtocolError(f"{cls.__name__}: missing field {field.name!r}")
             continue
         value = body[field.name]
-        if not _type_ok(value, hints[field.name]):
+        if not _type_ok(value, hint):
             raise ProtocolError(
                 f"{cls.__name__}: field {field.name!r} has type {type(value).__name__}"
             )
         kwargs[field.name] = value
-    unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
+    unknown = set(body) - {field.name for field, _ in schema}
     if unknown:
         raise ProtocolError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
     return cls(**kwargs)
