@@ -210,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a WebSocket whose ping is not answered within this",
     )
     parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect HAProxy's PROXY protocol (v1 or v2) on every connection, for the "
+        "real client address behind a load balancer",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1,::1",
+        metavar="IPS",
+        help="comma-separated addresses or networks (or *) whose X-Forwarded-For and "
+        "X-Forwarded-Proto headers are believed",
+    )
+    parser.add_argument(
         "--state",
         default="memory",
         metavar="URL",
@@ -291,6 +304,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         debug=args.debug,
         access_log=args.access_log,
         state=args.state,
+        proxy_protocol=args.proxy_protocol,
+        forwarded_allow_ips=tuple(
+            ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()
+        ),
         interface=args.interface,
         lifespan=args.lifespan,
         root_path=args.root_path.rstrip("/"),

@@ -54,6 +54,10 @@ class WorkerConfig:
     backlog: int = 2048
     debug: bool = False
     access_log: bool = False
+    #: Expect a PROXY protocol (v1/v2) header on every connection.
+    proxy_protocol: bool = False
+    #: Peers whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    forwarded_allow_ips: tuple[str, ...] | list[str] = ("127.0.0.1", "::1")
     #: rrproxy.state backend: "memory" (the front) or a redis:// URL (each worker).
     state: str = "memory"
     #: "auto", "native" or "asgi" (what the app is), and the ASGI options.

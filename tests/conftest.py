@@ -101,3 +101,20 @@ def redis(redis_binary: str):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def haproxy_binary() -> str:
+    path = shutil.which("haproxy")
+    if path is None:
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "haproxy"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        subprocess.run(["service", "haproxy", "stop"], capture_output=True, timeout=60)
+        path = shutil.which("haproxy")
+    assert path, "haproxy is needed and could not be installed with apt-get"
+    return path

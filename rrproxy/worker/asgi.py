@@ -42,18 +42,23 @@ def http_scope(connection: HTTPConnection, event: h11.Request, kind: str) -> dic
     raw_path, _, query = event.target.partition(b"?")
     root = config.root_path
     path = unquote(raw_path.decode("latin-1"))
+    scheme = "http" if kind == "http" else "ws"
+    if connection.trust_forwarded:
+        for name, value in event.headers:
+            if name == b"x-forwarded-proto" and value.lower() in (b"https", b"wss"):
+                scheme = "https" if kind == "http" else "wss"
     return {
         "type": kind,
         "asgi": ASGI_VERSION,
         "http_version": event.http_version.decode("ascii"),
         "method": event.method.decode("ascii"),
-        "scheme": "http" if kind == "http" else "ws",
+        "scheme": scheme,
         "path": root + path if root else path,
         "raw_path": root.encode() + raw_path if root else raw_path,
         "query_string": query,
         "root_path": root,
         "headers": list(event.headers),
-        "client": connection.client,
+        "client": connection.effective_client(event),
         "server": connection.server_address(),
         "state": dict(server.asgi_state),
     }

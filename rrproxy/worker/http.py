@@ -36,6 +36,8 @@ from ..protocol.http import (
     http_date,
     reason,
 )
+from ..protocol.proxy import ProxyHeaderError, forwarded_client, trusted
+from ..protocol.proxy import parse as parse_proxy_header
 from ..state import StateUnavailable
 from .asgi import run_http
 from .websocket import WebSocketSession, is_websocket_upgrade
@@ -84,6 +86,7 @@ class HTTPConnection:
         "requests",
         "server",
         "sock",
+        "trust_forwarded",
         "websocket",
     )
 
@@ -124,6 +127,10 @@ class HTTPConnection:
             self.client: tuple[str, int] | None = (peer[0], peer[1]) if peer else None
         except (OSError, IndexError, TypeError):
             self.client = None
+        config = server.config
+        self.trust_forwarded = self.client is not None and trusted(
+            self.client[0], tuple(config.forwarded_allow_ips)
+        )
 
     # --- raw I/O -------------------------------------------------------------
 
@@ -184,8 +191,46 @@ class HTTPConnection:
             except OSError:
                 pass
 
+    async def _read_proxy_header(self, config: Any) -> bool:
+        """--proxy-protocol: the real client's address comes first on the wire."""
+        buffer = b""
+        with trio.move_on_after(config.header_timeout):
+            while True:
+                data = await self._recv()
+                if not data:
+                    return False
+                buffer += data
+                try:
+                    parsed = parse_proxy_header(buffer)
+                except ProxyHeaderError as exc:
+                    log.info("closing a connection from %s: %s", self.client, exc)
+                    return False
+                if parsed is None:
+                    continue
+                info, used = parsed
+                if info.client is not None:
+                    self.client = info.client
+                if buffer[used:]:
+                    self.conn.receive_data(buffer[used:])
+                return True
+        return False
+
+    def effective_client(self, event: h11.Request) -> tuple[str, int] | None:
+        """The client, or the one X-Forwarded-For names when the peer is trusted."""
+        if self.trust_forwarded:
+            for name, value in event.headers:
+                if name == b"x-forwarded-for":
+                    host = forwarded_client(
+                        value.decode("latin-1"), tuple(self.server.config.forwarded_allow_ips)
+                    )
+                    if host:
+                        return (host, 0)
+        return self.client
+
     async def _serve(self) -> None:
         config = self.server.config
+        if config.proxy_protocol and not await self._read_proxy_header(config):
+            return
         limit = config.limit_concurrency
         if limit is not None and len(self.server.connections) > limit:
             # Over --limit-concurrency: answer its first request at once with 503.
@@ -273,7 +318,7 @@ class HTTPConnection:
             method=event.method.decode("ascii"),
             target=event.target,
             headers=Headers(event.headers),
-            client=self.client,
+            client=self.effective_client(event),
             http_version=event.http_version.decode("ascii"),
             worker_id=server.worker_id,
             read_chunk=self._read_body_chunk,

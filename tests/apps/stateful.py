@@ -14,6 +14,7 @@ async def handler(request: Request) -> Response | dict:
         return {
             "value": await state.incr(key, int(query.get("by", "1"))),
             "worker": request.worker_id,
+            "client": request.client,
         }
     if request.path == "/set":
         ttl = float(query["ttl"]) if "ttl" in query else None
