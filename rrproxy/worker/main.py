@@ -68,6 +68,8 @@ class Worker:
         lifespan: Lifespan | None = None,
     ) -> None:
         self.lifespan = lifespan
+        host = server.config.bind_host
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.channel = channel
         self.server = server
         self.listener = listener
@@ -227,7 +229,11 @@ class Worker:
                     self._answer(Rejected(conn_id))
                     continue
                 try:
-                    sock = socket.socket(fileno=fd)
+                    # Family, type and protocol given, not probed: three syscalls fewer
+                    # per connection, and TCP is explicit (see the TCP_NODELAY trap).
+                    sock = socket.socket(
+                        self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd
+                    )
                 except OSError as exc:
                     log.error("received an unusable connection fd: %s", exc)
                     os.close(fd)
