@@ -9,17 +9,28 @@ import subprocess
 import pytest
 
 
-@pytest.fixture(scope="session")
-def wrk() -> str:
-    path = shutil.which("wrk")
+def ensure_installed(binary: str, package: str, service: str | None = None) -> str:
+    """The path of `binary`, installing Debian's `package` first if it is missing (and
+    stopping the service the package starts: the tests run their own servers)."""
+    path = shutil.which(binary)
     if path is None:
         subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600)
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True, timeout=600
+            ["apt-get", "install", "-y", "-q", package],
+            check=True,
+            capture_output=True,
+            timeout=600,
         )
-        path = shutil.which("wrk")
-    assert path, "wrk is needed and could not be installed with apt-get"
+        if service:
+            subprocess.run(["service", service, "stop"], capture_output=True, timeout=60)
+        path = shutil.which(binary)
+    assert path, f"{binary} is needed and could not be installed with apt-get"
     return path
+
+
+@pytest.fixture(scope="session")
+def wrk() -> str:
+    return ensure_installed("wrk", "wrk")
 
 
 class RedisServer:
@@ -77,20 +88,7 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "redis-server"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        # Debian starts the service on install; the tests run their own servers.
-        subprocess.run(["service", "redis-server", "stop"], capture_output=True, timeout=60)
-        path = shutil.which("redis-server")
-    assert path, "redis-server is needed and could not be installed with apt-get"
-    return path
+    return ensure_installed("redis-server", "redis-server", service="redis-server")
 
 
 @pytest.fixture
@@ -105,16 +103,4 @@ def redis(redis_binary: str):
 
 @pytest.fixture(scope="session")
 def haproxy_binary() -> str:
-    path = shutil.which("haproxy")
-    if path is None:
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "haproxy"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        subprocess.run(["service", "haproxy", "stop"], capture_output=True, timeout=60)
-        path = shutil.which("haproxy")
-    assert path, "haproxy is needed and could not be installed with apt-get"
-    return path
+    return ensure_installed("haproxy", "haproxy", service="haproxy")

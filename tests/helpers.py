@@ -242,3 +242,21 @@ def get(
         return client.read_response()
     finally:
         client.close()
+
+
+def get_from(port: int, source: str, path: str = "/", headers: str = "") -> Response:
+    """One request on a new connection from a given loopback source address
+    (127.0.0.0/8 is all ours), to look like different clients."""
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    client = RawClient.__new__(RawClient)
+    client.sock, client.buffer = sock, b""
+    try:
+        client.send(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()
+        )
+        return client.read_response()
+    finally:
+        sock.close()

@@ -6,30 +6,19 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from rrproxy.control import AdminClient
+from tests import helpers
 from tests.helpers import PROBE, RawClient, RRProxy
 
 
 def get_from(port: int, source: str, path: str = "/") -> tuple[int, str | None]:
-    """One request on a new connection from a given loopback source address."""
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    client = RawClient.__new__(RawClient)
-    client.sock, client.buffer = sock, b""
-    try:
-        client.send(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        response = client.read_response()
-        return response.status, response.header("x-worker-id")
-    finally:
-        sock.close()
+    response = helpers.get_from(port, source, path)
+    return response.status, response.header("x-worker-id")
 
 
 @pytest.mark.parametrize("policy", ["rr", "none", "reuseport", "least-conn", "ip-hash"])

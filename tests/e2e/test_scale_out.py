@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rrproxy.control import AdminClient
-from tests.helpers import RawClient, RRProxy
+from tests.helpers import RawClient, RRProxy, get_from
 
 HAPROXY_CONFIG = """\
 global
@@ -40,21 +40,9 @@ def _free_port() -> int:
 
 
 def _get_from(port: int, source: str, path: str, headers: str = "") -> dict:
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    client = RawClient.__new__(RawClient)
-    client.sock, client.buffer = sock, b""
-    try:
-        client.send(
-            f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()
-        )
-        response = client.read_response()
-        assert response.status == 200, response
-        return json.loads(response.body)
-    finally:
-        sock.close()
+    response = get_from(port, source, path, headers)
+    assert response.status == 200, response
+    return json.loads(response.body)
 
 
 def test_two_instances_behind_haproxy_share_state_and_see_real_clients(
