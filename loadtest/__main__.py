@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["idle"]:
+        from .idle import main as idle_main
+
+        return idle_main(argv[1:])
     args = parser().parse_args(argv)
     if args.duration <= 0 or args.duration > 600 or args.concurrency < 1:
         print("loadtest: --duration must be in (0, 600] and --concurrency >= 1", file=sys.stderr)
