@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -22,6 +24,7 @@ def _run(out: Path, *args: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.timeout(300)  # 12 short runs, each starting and stopping an rrproxy
 def test_harness_reports_and_per_worker_numbers_add_up(tmp_path: Path):
     results = _run(
         tmp_path,
@@ -61,6 +64,7 @@ def test_harness_reports_and_per_worker_numbers_add_up(tmp_path: Path):
     assert "rr" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.timeout(300)
 def test_harness_open_loop_and_wrk(tmp_path: Path, wrk: str):
     open_loop = _run(
         tmp_path / "open",
@@ -112,6 +116,7 @@ def test_harness_open_loop_and_wrk(tmp_path: Path, wrk: str):
     assert abs(run["server"]["requests_total"] - run["load"]["completed"]) <= 4
 
 
+@pytest.mark.timeout(300)
 def test_bench_runs_targets_side_by_side(tmp_path: Path, wrk: str):
     result = subprocess.run(
         [
