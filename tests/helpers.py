@@ -147,8 +147,14 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
 
 
 class RawClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, source: str | None = None
+    ) -> None:
+        # `source`: a loopback address to connect from (127.0.0.0/8 is all ours), so
+        # one test can look like many clients.
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -231,10 +237,15 @@ class Response:
 
 
 def get(
-    port: int, path: str = "/", headers: str = "", host: str = "127.0.0.1", timeout: float = 10
+    port: int,
+    path: str = "/",
+    headers: str = "",
+    host: str = "127.0.0.1",
+    timeout: float = 10,
+    source: str | None = None,
 ) -> Response:
     """One request on a new connection (Connection: close)."""
-    client = RawClient(port, host, timeout)
+    client = RawClient(port, host, timeout, source)
     try:
         client.send(
             f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()
@@ -245,18 +256,5 @@ def get(
 
 
 def get_from(port: int, source: str, path: str = "/", headers: str = "") -> Response:
-    """One request on a new connection from a given loopback source address
-    (127.0.0.0/8 is all ours), to look like different clients."""
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    client = RawClient.__new__(RawClient)
-    client.sock, client.buffer = sock, b""
-    try:
-        client.send(
-            f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}\r\n".encode()
-        )
-        return client.read_response()
-    finally:
-        sock.close()
+    """One request from a given loopback source address."""
+    return get(port, path, headers, source=source)
