@@ -22,14 +22,15 @@ _RESOURCE_PAUSE = 0.1
 
 async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
     listener.setblocking(False)
-    accept = listener.accept
+    # The fd, not a Python socket object: the front only passes it on and closes it.
+    accept = listener._accept  # type: ignore[attr-defined]
     submit = dispatcher.submit
     while True:
         if dispatcher.full:
             await dispatcher.wait_for_room()
         for _ in range(_BATCH):
             try:
-                sock, address = accept()
+                fd, address = accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(listener)
                 break
@@ -41,7 +42,7 @@ async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the client gave up before we got to it
                 raise
-            submit(sock, address[0] if address else None)
+            submit(fd, address[0] if address else None)
             if dispatcher.full:
                 break
         else:

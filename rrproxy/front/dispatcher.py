@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -57,8 +56,8 @@ class Dispatcher:
 
     # --- intake --------------------------------------------------------------------
 
-    def submit(self, sock: socket.socket, client: str | None = None) -> None:
-        conn = PendingConn(next(self._ids), sock, client=client)
+    def submit(self, fd: int, client: str | None = None) -> None:
+        conn = PendingConn(next(self._ids), fd, client=client)
         self.held += 1
         if self.queue or not self._hand(conn, require_room=True):
             conn.queued_at = trio.current_time()
@@ -102,7 +101,7 @@ class Dispatcher:
             if worker is None:
                 return False
             try:
-                sent = worker.channel.try_send(NewConn(conn.conn_id), conn.sock.fileno())
+                sent = worker.channel.try_send(NewConn(conn.conn_id), conn.fd)
             except ChannelClosed:
                 # Its end of the channel is gone: it is dying; its supervisor will
                 # see the exit. Meanwhile nobody hands it anything.
@@ -159,7 +158,7 @@ class Dispatcher:
             log.warning("worker %d answered for unknown connection %d", worker.slot, conn_id)
             return
         # The worker holds the connection now: our copy can go.
-        close_quietly(conn.sock)
+        close_quietly(conn.fd)
         self.held -= 1
         if self.queue:
             self.pump()
@@ -200,5 +199,5 @@ class Dispatcher:
     def close_all(self) -> None:
         """At exit: whatever is still queued cannot be served any more."""
         while self.queue:
-            close_quietly(self.queue.popleft().sock)
+            close_quietly(self.queue.popleft().fd)
         self.held = 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import os
 import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ class PendingConn:
     that has not yet answered. Its socket is closed only once a worker holds it."""
 
     conn_id: int
-    sock: socket.socket
+    #: The accepted connection's file descriptor (the front never does I/O on it).
+    fd: int
     #: The client's address (for ip-hash).
     client: str | None = None
     #: trio.current_time() when it joined the queue (0: handed at once).
@@ -198,8 +198,8 @@ class Slot:
         self.past_latency_sum += worker.latency_sum
 
 
-def close_quietly(sock: socket.socket) -> None:
+def close_quietly(fd: int) -> None:
     try:
-        sock.close()
+        os.close(fd)
     except OSError:
         pass
