@@ -45,7 +45,9 @@ from .websocket import WebSocketSession, is_websocket_upgrade
 if TYPE_CHECKING:
     from .server import WorkerServer
 
-#: Mirrors server.DRAIN_IDLE_GRACE (imported lazily there to avoid a cycle).
+#: When draining, an idle keep-alive connection gets this long to send one more
+#: request (answered with Connection: close) before it is closed: a busy client then
+#: never sees its connection vanish under a request it is just sending.
 DRAIN_IDLE_GRACE = 1.0
 
 log = logging.getLogger("rrproxy.worker")

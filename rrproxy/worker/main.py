@@ -21,7 +21,7 @@ import trio
 
 from .. import cluster, state
 from ..appload import AppLoadError, detect_interface, is_coroutine_callable, load_app
-from ..config import WorkerConfig
+from ..config import KERNEL_POLICIES, WorkerConfig
 from ..fdlimit import raise_fd_limit
 from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
 from ..ipc.messages import (
@@ -106,7 +106,11 @@ class Worker:
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
-            nursery.start_soon(self._report_load)
+            if self.server.config.policy not in KERNEL_POLICIES:
+                # Only the front's own policies use live counts (least-conn,
+                # --limit-concurrency, --max-connections); under none/reuseport the
+                # periodic Stats are enough.
+                nursery.start_soon(self._report_load)
             nursery.start_soon(self.server.sweep_disconnects)
             nursery.start_soon(self._watch_signals)
             if self.lifespan is not None:

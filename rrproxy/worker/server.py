@@ -14,7 +14,7 @@ import trio
 
 from ..config import WorkerConfig
 from ..ipc.messages import LATENCY_BUCKETS
-from .http import HTTPConnection
+from .http import DRAIN_IDLE_GRACE, HTTPConnection
 
 log = logging.getLogger("rrproxy.worker")
 
@@ -22,10 +22,6 @@ _ACCEPT_BATCH = 16
 #: How often the worker looks for clients that left while their handler runs, and
 #: how long a handler must have run before it is looked at (the hot path pays nothing).
 DISCONNECT_SWEEP_INTERVAL = 0.5
-#: When draining, an idle keep-alive connection gets this long to send one more
-#: request (answered with Connection: close) before it is closed: a busy client then
-#: never sees its connection vanish under a request it is just sending.
-DRAIN_IDLE_GRACE = 1.0
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
