@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="add a random 0..J to --max-requests per worker, so they do not recycle together",
     )
+    lifecycle.add_argument(
+        "--handoff-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a worker that is stopped (SIGSTOP, a debugger) while connections handed to it "
+        "wait is killed after this, and the connections it never read go to another "
+        "worker (0: never)",
+    )
     asgi = parser.add_argument_group("ASGI", "running ASGI 3 apps (Starlette, FastAPI...)")
     asgi.add_argument(
         "--interface",
@@ -229,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="backend of rrproxy.state: memory (held by the front, shared by all workers) "
         "or redis://[:password@]host:port/db (rediss:// for TLS; password also from "
         "$RRPROXY_REDIS_PASSWORD)",
+    )
+    parser.add_argument(
+        "--state-max-memory",
+        type=_size,
+        default="256M",
+        metavar="SIZE",
+        help="with --state memory: bytes the front may hold for rrproxy.state (keys and "
+        "encoded values); a set beyond it raises StateFull in the handler",
     )
     observe = parser.add_argument_group("observability", "admin interface and logs")
     observe.add_argument(
@@ -328,6 +345,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ready_timeout=args.ready_timeout,
         reload_batch=args.reload_batch,
         max_memory=args.max_memory,
+        handoff_timeout=args.handoff_timeout,
+        state_max_memory=args.state_max_memory,
         admin=args.admin,
         admin_token=args.admin_token,
     )

@@ -48,6 +48,18 @@ class NotInWorker(RuntimeError):
     """The messaging API is used outside a worker process."""
 
 
+class MessageDropped(RuntimeError):
+    """The front could not deliver the message to every recipient: a worker that does
+    not read its messages (its queue in the front is full), an unknown worker id, or
+    no answer from the front in time."""
+
+
+def install(send: Callable[[Any, str], Awaitable[None]], spawn: Callable[..., None]) -> None:
+    """Called by the worker: how messages leave, and how async callbacks are run."""
+    global _send, _spawn
+    _send, _spawn = send, spawn
+
+
 def on_message(callback: Callback) -> Callback:
     """Register `callback(message, sender_worker_id)` (plain or async); usable as a
     decorator. Async callbacks run as tasks of the worker; exceptions are logged."""
@@ -56,15 +68,21 @@ def on_message(callback: Callback) -> Callback:
 
 
 async def send_to_front(message: Any) -> None:
+    """Logged by the front. Raises MessageTooLarge, or MessageDropped if the front
+    did not confirm it."""
     await _deliver(message, "front")
 
 
 async def send_to_worker(target: int, message: Any) -> None:
+    """To one worker by id; returns once the front has queued it for that worker.
+    Raises MessageDropped if it could not (unknown worker, or one whose queue is
+    full because it does not read its messages)."""
     await _deliver(message, str(int(target)))
 
 
 async def broadcast(message: Any) -> None:
-    """To every worker's on_message callbacks, this worker's included."""
+    """To every worker's on_message callbacks, this worker's included. Raises
+    MessageDropped if some worker could not be given it (the others still are)."""
     await _deliver(message, "all")
 
 

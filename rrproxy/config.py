@@ -101,6 +101,11 @@ class Config:
     reload_batch: int = 1
     #: Recycle a worker whose resident memory exceeds this many bytes (0: never).
     max_memory: int = 0
+    #: A stopped worker (SIGSTOP) holding handed connections this long is killed and
+    #: the connections go to another worker (0: never).
+    handoff_timeout: float = 5.0
+    #: Bytes the `--state memory` store may hold (keys + encoded values + overhead).
+    state_max_memory: int = 256 * 1024 * 1024
     #: "unix:/path", "HOST:PORT", "off", or None for the default private socket.
     admin: str | None = None
     admin_token: str | None = None
@@ -138,6 +143,10 @@ class Config:
             raise ConfigError("--reload-batch must be at least 1")
         if worker.max_requests < 0 or worker.max_requests_jitter < 0:
             raise ConfigError("--max-requests and --max-requests-jitter must not be negative")
+        if self.handoff_timeout < 0:
+            raise ConfigError("--handoff-timeout must not be negative (0 disables it)")
+        if self.state_max_memory < 1024 * 1024:
+            raise ConfigError("--state-max-memory must be at least 1M")
         if self.max_connections < self.workers:
             raise ConfigError("--max-connections must be at least --workers")
 

@@ -15,13 +15,12 @@ cannot reach the store fails with 503; the worker lives on.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
-from typing import Any
+from typing import Any, Protocol
 
-import trio
-
+from .ipc.messages import StateRequest
 from .state_store import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from .worker.calls import CallFailed, CallUnanswered, FrontCalls
 
 #: How long one operation may take before it counts as unreachable (503).
 TIMEOUT = 5.0
@@ -43,47 +42,46 @@ class StateValueTooLarge(StateError, ValueError):
     pass
 
 
-class _Client:
-    """The worker's end: requests over the worker's channel, replies matched by id."""
+class StateFull(StateError):
+    """The store is at its memory or key limit (--state-max-memory): the value was
+    not stored. A handler may catch it and answer 507 or 503; uncaught, the request
+    is answered 507 Insufficient Storage."""
 
-    def __init__(self, send: Any) -> None:
-        self._send = send
-        self._ids = itertools.count(1)
-        self._pending: dict[int, list[Any]] = {}
+
+class Backend(Protocol):
+    """Where the operations go: the front (memory) or Redis."""
+
+    async def request(
+        self, op: str, key: str, value: Any = None, ttl: float | None = None
+    ) -> Any: ...
+
+
+class FrontBackend:
+    """`--state memory`: each operation is a call to the front over the channel."""
+
+    def __init__(self, calls: FrontCalls) -> None:
+        self._calls = calls
 
     async def request(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
-        request_id = next(self._ids)
-        slot: list[Any] = [trio.Event(), None, None]
-        self._pending[request_id] = slot
         try:
-            with trio.move_on_after(TIMEOUT):
-                try:
-                    await self._send(request_id, op, key, value, ttl)
-                except Exception as exc:
-                    raise StateUnavailable(f"state store unreachable: {exc}") from None
-                await slot[0].wait()
-            if not slot[0].is_set():
-                raise StateUnavailable(f"state store did not answer within {TIMEOUT:g} s")
-        finally:
-            self._pending.pop(request_id, None)
-        ok, result = slot[1], slot[2]
-        if not ok:
-            raise StateError(result)
-        return result
-
-    def reply(self, request_id: int, ok: bool, value: Any, error: str) -> None:
-        slot = self._pending.get(request_id)
-        if slot is not None:
-            slot[1], slot[2] = ok, (value if ok else error)
-            slot[0].set()
-
-    def fail_all(self, why: str) -> None:
-        for slot in self._pending.values():
-            slot[1], slot[2] = False, why
-            slot[0].set()
+            return await self._calls.call(
+                lambda request_id: StateRequest(request_id, op, key, value, ttl), TIMEOUT
+            )
+        except CallUnanswered as exc:
+            raise StateUnavailable(f"state store unreachable: {exc}") from None
+        except CallFailed as exc:
+            if exc.kind == "full":
+                raise StateFull(str(exc)) from None
+            raise StateError(str(exc)) from None
 
 
-_client: _Client | None = None
+_client: Backend | None = None
+
+
+def install(backend: Backend | None) -> None:
+    """Called by the worker once it knows its --state backend."""
+    global _client
+    _client = backend
 
 
 def _encode(value: Any) -> dict[str, Any]:

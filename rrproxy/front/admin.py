@@ -195,10 +195,10 @@ class AdminServer:
         if method != routes[url.path]:
             return _json(405, {"error": f"{url.path} takes {routes[url.path].decode()}"})
         if url.path == "/status":
-            await supervisor.poll()
+            await supervisor.router.poll()
             return _json(200, snapshot(front))
         if url.path == "/metrics":
-            await supervisor.poll()
+            await supervisor.router.poll()
             return 200, metrics.render(snapshot(front)), metrics.CONTENT_TYPE
         if front.stopping:
             return _json(409, {"error": "rrproxy is shutting down"})
@@ -206,9 +206,9 @@ class AdminServer:
             if supervisor.reloading:
                 return _json(409, {"error": "a reload is already under way"})
             if query.get("wait") == ["1"]:
-                ok = await supervisor.reload()
+                ok = await supervisor.replacer.reload()
                 return _json(200 if ok else 500, {"reloaded": ok})
-            supervisor.nursery.start_soon(supervisor.reload)
+            supervisor.start_reload()
             return _json(202, {"reloading": True})
         if url.path == "/scale":
             try:

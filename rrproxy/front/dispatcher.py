@@ -108,6 +108,7 @@ class Dispatcher:
                 worker.channel.close()
                 continue
             if sent:
+                conn.handed_at = trio.current_time()
                 worker.unacked[conn.conn_id] = conn
                 self.handed_total += 1
                 return True

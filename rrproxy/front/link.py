@@ -8,6 +8,8 @@ reports (ready, retire requests, breaches) and keeps the worker's counters curre
 from __future__ import annotations
 
 import logging
+import os
+import re
 import socket
 from collections.abc import Callable
 
@@ -22,6 +24,7 @@ from ..ipc.messages import (
     Failed,
     Hello,
     Load,
+    Message,
     ProtocolError,
     Ready,
     Rejected,
@@ -32,6 +35,7 @@ from ..ipc.messages import (
     UserMessage,
 )
 from .dispatcher import Dispatcher
+from .routing import valid_destination
 from .workers import WorkerProcess
 
 log = logging.getLogger("rrproxy.front")
@@ -73,6 +77,8 @@ class WorkerLink:
         self.on_state_request = on_state_request
         self.quiet_failures = quiet_failures
         self.worker_count = worker_count
+        #: The handshake is over: messages are handled by _handle.
+        self.ready = False
 
     async def run(self) -> None:
         """Talk to the worker until its channel ends. Never raises for anything the
@@ -81,6 +87,7 @@ class WorkerLink:
         worker = self.worker
         try:
             await self._handshake()
+            self.ready = True
             await self._serve()
         except ChannelClosed:
             # Normally the worker exited. One that closed its channel but lives on
@@ -112,6 +119,39 @@ class WorkerLink:
             )
             worker.failure = worker.failure or "did not become ready in time"
             worker.kill()
+        except Exception:
+            # A bug of ours that a worker's message triggered: this worker goes,
+            # the front stays.
+            log.exception("worker %d (pid %d): internal error; killing it", worker.slot, worker.pid)
+            worker.failure = worker.failure or "internal error in the front"
+            worker.kill()
+
+    def read_remaining(self) -> None:
+        """The process has exited: handle every message it sent that is still
+        buffered (its last Taken answers, or the Failed that says why it could not
+        start), without waiting."""
+        channel = self.worker.channel
+        while True:
+            try:
+                received = channel.receive_nowait()
+            except ChannelClosed:
+                return
+            except ProtocolError:
+                continue
+            if received is None:
+                return
+            message, fd = received
+            _close_fd(fd)
+            try:
+                if self.ready:
+                    self._handle(message)
+                elif isinstance(message, Failed):
+                    self.worker.failure = message.message
+            except (ProtocolError, Breach):
+                continue
+            except Exception:
+                log.exception("worker %d: error reading its last messages", self.worker.slot)
+                return
 
     async def _handshake(self) -> None:
         worker = self.worker
@@ -179,55 +219,61 @@ class WorkerLink:
                     return
 
     async def _read(self) -> None:
+        channel = self.worker.channel
+        while True:
+            message, fd = await channel.receive()
+            _close_fd(fd)  # workers never send descriptors (the channel refuses them)
+            self._handle(message)
+
+    def _handle(self, message: Message) -> None:
+        """One message from a ready worker. Raises ProtocolError or Breach for
+        anything out of place, and nothing else for anything a worker can send."""
         worker = self.worker
         dispatcher = self.dispatcher
-        channel = worker.channel
-        while True:
-            message, _fd = await channel.receive()
-            kind = type(message)
-            worker.last_heard = trio.current_time()
-            if kind is Taken:
+        worker.last_heard = trio.current_time()
+        match message:
+            case Taken(conn_id=conn_id, active=active):
                 if dispatcher is None:
                     raise Breach("Taken under a policy without handoff")
-                worker.connections_active = message.active  # type: ignore[attr-defined]
-                dispatcher.taken(worker, message.conn_id)  # type: ignore[attr-defined]
-            elif kind is Load:
-                worker.connections_active = message.active  # type: ignore[attr-defined]
+                worker.connections_active = active
+                worker.had_clients = True
+                dispatcher.taken(worker, conn_id)
+            case Load(active=active):
+                worker.connections_active = active
+                worker.had_clients = True
                 if dispatcher is not None:
                     dispatcher.load_changed()
-            elif kind is Stats:
-                self._stats(message)  # type: ignore[arg-type]
-            elif kind is Rejected:
+            case Stats():
+                self._stats(message)
+            case Rejected(conn_id=conn_id):
                 if dispatcher is None:
                     raise Breach("Rejected under a policy without handoff")
-                dispatcher.rejected(worker, message.conn_id)  # type: ignore[attr-defined]
-            elif kind is Retire:
-                self.on_retire(worker, message.reason)  # type: ignore[attr-defined]
-            elif kind is StateRequest:
-                self.on_state_request(worker, message)  # type: ignore[arg-type]
-            elif kind is UserMessage:
-                to = message.to  # type: ignore[attr-defined]
-                if to not in ("front", "all") and not to.isdigit():
-                    raise Breach(f"user message to {to!r}")
-                self.on_user_message(worker, message)  # type: ignore[arg-type]
-            else:
-                raise Breach(f"unexpected {kind.__name__}")
+                dispatcher.rejected(worker, conn_id)
+            case Retire(reason=reason):
+                self.on_retire(worker, reason[:500])
+            case StateRequest():
+                self.on_state_request(worker, message)
+            case UserMessage(to=to):
+                if not valid_destination(to):
+                    raise Breach(f"user message to {to[:20]!r}")
+                self.on_user_message(worker, message)
+            case _:
+                raise Breach(f"unexpected {type(message).__name__}")
 
     def _stats(self, stats: Stats) -> None:
         for name in ("connections_total", "connections_active", "requests_total"):
-            if getattr(stats, name) < 0:
-                raise Breach(f"negative {name}")
+            if not _count(getattr(stats, name)):
+                raise Breach(f"{name} out of range")
         statuses = stats.statuses
         if len(statuses) > 1000 or not all(
-            isinstance(k, str) and k.isdigit() and len(k) == 3 and _count(v)
-            for k, v in statuses.items()
+            isinstance(k, str) and _STATUS.fullmatch(k) and _count(v) for k, v in statuses.items()
         ):
             raise Breach("malformed status counts")
         counts = stats.latency_counts
         if counts and (len(counts) != len(LATENCY_BUCKETS) + 1 or not all(map(_count, counts))):
             raise Breach("malformed latency histogram")
-        if stats.latency_sum < 0:
-            raise Breach("negative latency sum")
+        if not 0 <= stats.latency_sum < 1e15:  # also false for NaN
+            raise Breach("latency sum out of range")
         worker = self.worker
         worker.connections_total = stats.connections_total
         worker.connections_active = stats.connections_active
@@ -242,7 +288,19 @@ class WorkerLink:
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+#: A status code as a Stats key: three ASCII digits ("²²²".isdigit() is True).
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 __all__ = ["Breach", "ChannelClosed", "WorkerLink"]

@@ -150,7 +150,7 @@ class Front:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGUSR1:
                     if reopen_log_file():
-                        self.supervisor.reopen_logs()
+                        self.supervisor.router.reopen_logs()
                         log.info("SIGUSR1: log file reopened")
                     continue
                 if signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -158,7 +158,7 @@ class Front:
                         log.info("%s ignored: shutting down", name)
                     elif signum == signal.SIGHUP:
                         log.info("SIGHUP: rolling reload")
-                        self.supervisor.nursery.start_soon(self.supervisor.reload)
+                        self.supervisor.start_reload()
                     elif signum == signal.SIGTTIN:
                         self.supervisor.scale_up()
                     else:

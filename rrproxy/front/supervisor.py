@@ -2,16 +2,21 @@
 while it is being replaced).
 
 It spawns fresh interpreters (never a fork of the running trio front), restarts
-workers that exit (with exponential backoff), replaces them without dropping a
-request (rolling reload, memory and request limits: the new worker is ready before
-the old one stops taking connections), scales, watches health, and stops them
-gracefully. The front is the single source of truth for which workers exist and in
-which state; workers report, the supervisor decides.
+workers that exit (with exponential backoff per slot), scales, and stops them
+gracefully. Replacing workers without dropping a request lives in `replace.py`,
+health checks in `health.py`, messages in `routing.py`. The front is the single
+source of truth for which workers exist and in which state; workers report, the
+supervisor decides.
+
+Each worker process is owned by one task (`_run_worker`): it runs the process's
+link and the flusher of its channel, so anything that goes wrong with one worker
+(it dies with messages queued, it floods us) ends that task, never the front.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -20,20 +25,14 @@ from collections.abc import Callable
 import trio
 
 from ..config import Config
-from ..ipc.channel import ChannelClosed, WorkerChannel, socketpair
-from ..ipc.messages import (
-    ClusterInfo,
-    Message,
-    Poll,
-    ReopenLogs,
-    StateReply,
-    StateRequest,
-    Stop,
-    UserMessage,
-)
-from ..state_store import MemoryStore, StoreError
+from ..ipc.channel import WorkerChannel, socketpair
+from ..ipc.messages import Stop
+from ..state_store import MemoryStore
+from . import health
 from .dispatcher import Dispatcher
 from .link import WorkerLink
+from .replace import Replacer
+from .routing import Router
 from .workers import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")
@@ -42,11 +41,27 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 10.0
 #: A worker that stayed up this long resets its slot's backoff.
 BACKOFF_RESET_AFTER = 30.0
-#: A worker that dies before it has been ready this long died "early". When workers
-#: keep dying early and none survives, rrproxy gives up instead of looping forever.
+#: A worker that dies before it is ready, or within EARLY_DEATH of it before any
+#: client reached it, "could not stay up". A slot whose workers do so this many times
+#: in a row is crash-looping: it keeps retrying (backing off up to BACKOFF_MAX) and is
+#: reported. rrproxy exits (status 3) only when every slot is crash-looping. A worker
+#: that served a client and died (a request that crashes it, a kill, OOM) proves the
+#: code runs: that never counts, so no client can stop the server by crashing
+#: workers. (systemd's and PM2's restart limits are per unit/app in the same way.)
+CRASH_LOOP_AFTER = 5
 EARLY_DEATH = 5.0
-#: How often health (heartbeats, channel, memory) is checked, at most.
-HEALTH_INTERVAL = 1.0
+#: Bytes of messages the front queues for a worker that does not read its channel;
+#: beyond that its messages are dropped and it is replaced.
+CHANNEL_BACKLOG = 4 * 1024 * 1024
+#: Environment variables workers do not inherit: secrets only the front needs.
+PRIVATE_ENV = ("RRPROXY_ADMIN_TOKEN",)
+
+
+def _proved_itself(worker: WorkerProcess, now: float) -> bool:
+    """The worker got to serve: a client reached it, or it stayed up EARLY_DEATH."""
+    if not worker.ever_ready or worker.ready_at is None:
+        return False
+    return worker.had_clients or now - worker.ready_at >= EARLY_DEATH
 
 
 class BootError(Exception):
@@ -54,7 +69,7 @@ class BootError(Exception):
 
 
 class RestartStorm(Exception):
-    """Workers keep dying right after they start: rrproxy exits 3."""
+    """No slot can keep a worker up: rrproxy exits 3."""
 
 
 class Supervisor:
@@ -73,37 +88,54 @@ class Supervisor:
         #: Live worker processes, in slot order: what the policy chooses from.
         self.workers: list[WorkerProcess] = []
         self.stopping = False
-        self.reloading = False
         self._nursery: trio.Nursery | None = None
         self._boot_pending = config.workers
         self._booted = trio.Event()
         self._boot_error: BootError | None = None
         self._all_exited = trio.Event()
-        self._early_deaths = 0
-        self._last_failure = ""
         #: `--state memory`: the shared state lives here, so it outlives workers.
-        self.state_store = MemoryStore(trio.current_time)
+        self.state_store = MemoryStore(trio.current_time, config.state_max_memory)
+        self.router = Router(
+            lambda: self.workers, lambda: self.slots, self._channel_overflow, self.state_store
+        )
+        self.replacer = Replacer(self)
 
     @property
     def nursery(self) -> trio.Nursery:
         assert self._nursery is not None, "the supervisor is not running"
         return self._nursery
 
+    @property
+    def reloading(self) -> bool:
+        return self.replacer.reloading
+
     # --- running -------------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every slot; report started once all are ready. Raises BootError if
-        one cannot start, RestartStorm if they keep dying. Returns after shutdown()
-        once every worker has exited."""
+        one cannot start, RestartStorm if none can stay up. Returns after
+        shutdown() once every worker has exited."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for slot_id in range(1, self.config.workers + 1):
                 self._add_slot(slot_id, booting=True)
-            nursery.start_soon(self._watch_health)
+            nursery.start_soon(health.watch, self)
             await self._booted.wait()
             if self._boot_error is not None:
                 raise self._boot_error
             task_status.started()
+
+    def start_reload(self) -> bool:
+        """Begin a rolling reload in the supervisor's own nursery; False if one is
+        already under way or rrproxy is stopping."""
+        if self.reloading or self.stopping:
+            log.warning("a reload is already under way or rrproxy is stopping; ignoring")
+            return False
+        self.nursery.start_soon(self.replacer.reload)
+        return True
+
+    def recycle(self, slot: Slot, reason: str) -> None:
+        self.replacer.recycle(slot, reason)
 
     def _add_slot(self, slot_id: int, booting: bool = False) -> Slot:
         slot = Slot(slot_id)
@@ -113,15 +145,26 @@ class Supervisor:
 
     async def _run_slot(self, slot: Slot, booting: bool) -> None:
         """Keep the slot's worker running: start it, and when the slot's current
-        worker exits (not merely replaced), start another after a backoff."""
-        delay = BACKOFF_INITIAL
-        while not self.stopping:
+        worker exits (not merely replaced), start another after a backoff. The slot
+        ends once it is removed (scaled down) or rrproxy stops, and its last
+        process has exited."""
+        while True:
             worker = slot.current
             if worker is None:
-                worker = await self._start_worker(slot)
-                if worker is None:  # could not even spawn
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, BACKOFF_MAX)
+                if slot.replacing:
+                    # The replacement under way fills the slot (or fails: then we
+                    # start one ourselves).
+                    await slot.replacement_done.wait()
+                    continue
+                if self.stopping or slot.removed:
+                    break
+                if slot.restart_at:
+                    await trio.sleep_until(slot.restart_at)
+                    slot.restart_at = 0.0
+                    continue
+                worker = await self.start_worker(slot)
+                if worker is None:  # could not even spawn a process
+                    self._schedule_restart(slot, 0.0)
                     continue
                 slot.current = worker
             await worker.exited.wait()
@@ -130,7 +173,7 @@ class Supervisor:
             slot.current = None
             slot.last_exit = worker.failure or worker.describe_exit()
             if self.stopping or slot.removed:
-                break
+                continue
             if booting and not worker.ever_ready:
                 reason = worker.failure or (
                     f"worker {slot.id} exited ({worker.describe_exit()}) before it was ready"
@@ -138,37 +181,59 @@ class Supervisor:
                 self._fail_boot(BootError(reason))
                 return
             booting = False
-            up_for = trio.current_time() - worker.ready_at if worker.ready_at else 0.0
-            if up_for >= BACKOFF_RESET_AFTER:
-                delay = BACKOFF_INITIAL
-            self._count_death(worker, up_for)
-            slot.restarts += 1
-            log.warning(
-                "worker %d (pid %d) %s (%s); restart %d in %.1f s",
-                slot.id,
-                worker.pid,
-                "exited" if worker.ever_ready else "failed to start",
-                slot.last_exit,
-                slot.restarts,
-                delay,
-            )
-            await trio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            self._worker_died(slot, worker)
         if slot.removed and self.slots.get(slot.id) is slot:
             del self.slots[slot.id]
 
-    def _count_death(self, worker: WorkerProcess, up_for: float) -> None:
-        if worker.ever_ready and up_for >= EARLY_DEATH:
-            self._early_deaths = 0
-            return
-        self._early_deaths += 1
-        self._last_failure = worker.failure or worker.describe_exit()
-        limit = max(5, 3 * len(self.slots))
-        if self._early_deaths >= limit:
-            raise RestartStorm(
-                f"workers keep dying right after they start ({self._early_deaths} in a row, "
-                f"none stayed up {EARLY_DEATH:g} s); last: {self._last_failure}"
+    def _worker_died(self, slot: Slot, worker: WorkerProcess) -> None:
+        now = trio.current_time()
+        up_for = now - worker.ready_at if worker.ready_at else 0.0
+        slot.restarts += 1
+        if _proved_itself(worker, now):
+            slot.crashes = 0
+        else:
+            slot.crashes += 1
+        self._schedule_restart(slot, up_for)
+        log.warning(
+            "worker %d (pid %d) %s (%s); restart %d in %.1f s",
+            slot.id,
+            worker.pid,
+            "exited" if worker.ever_ready else "failed to start",
+            slot.last_exit,
+            slot.restarts,
+            slot.backoff,
+        )
+        if slot.crashes == CRASH_LOOP_AFTER:
+            log.error(
+                "worker %d cannot stay up (%d deaths in a row before it served anyone: %s); "
+                "it keeps retrying every %g s at most while the other workers serve",
+                slot.id,
+                slot.crashes,
+                slot.last_exit,
+                BACKOFF_MAX,
             )
+        live = [s for s in self.slots.values() if not s.removed]
+        if live and all(self.crash_looping(s) for s in live):
+            raise RestartStorm(
+                "no worker can stay up: workers keep dying right after they start (each of "
+                f"the {len(live)} slots, {CRASH_LOOP_AFTER} times in a row); "
+                f"last: {slot.last_exit}"
+            )
+
+    def crash_looping(self, slot: Slot) -> bool:
+        """The slot's workers keep dying before they serve anyone, and the one it has
+        now (if any) has not proved otherwise yet."""
+        if slot.crashes < CRASH_LOOP_AFTER:
+            return False
+        current = slot.current
+        return current is None or not _proved_itself(current, trio.current_time())
+
+    @staticmethod
+    def _schedule_restart(slot: Slot, up_for: float) -> None:
+        if up_for >= BACKOFF_RESET_AFTER:
+            slot.backoff = 0.0
+        slot.backoff = min(slot.backoff * 2, BACKOFF_MAX) if slot.backoff else BACKOFF_INITIAL
+        slot.restart_at = trio.current_time() + slot.backoff
 
     def _fail_boot(self, error: BootError) -> None:
         if self._boot_error is None:
@@ -193,9 +258,10 @@ class Supervisor:
 
     # --- one worker process ------------------------------------------------------------
 
-    async def _start_worker(self, slot: Slot) -> WorkerProcess | None:
-        """Spawn a worker for the slot and start its lifetime task."""
+    async def start_worker(self, slot: Slot) -> WorkerProcess | None:
+        """Spawn a worker for the slot and start the task that owns it."""
         front_end, worker_end = socketpair()
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
             process = await trio.lowlevel.open_process(
                 [
@@ -209,6 +275,7 @@ class Supervisor:
                 ],
                 pass_fds=(worker_end.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         except OSError as exc:
             front_end.close()
@@ -217,9 +284,8 @@ class Supervisor:
         finally:
             # Only the worker may hold its end: when it dies, we see EOF.
             worker_end.close()
-        worker = WorkerProcess(
-            slot.id, process, WorkerChannel(front_end), self.config.worker.limit_concurrency
-        )
+        channel = WorkerChannel(front_end, accepts_fds=False, max_backlog=CHANNEL_BACKLOG)
+        worker = WorkerProcess(slot.id, process, channel, self.config.worker.limit_concurrency)
         self.workers.append(worker)
         self.workers.sort(key=lambda w: w.slot)
         slot.processes.append(worker)
@@ -234,17 +300,22 @@ class Supervisor:
             self.dispatcher,
             on_ready=self._worker_ready,
             on_retire=self._on_retire,
-            on_user_message=self._on_user_message,
-            on_state_request=self._on_state_request,
+            on_user_message=self.router.on_user_message,
+            on_state_request=self.router.on_state_request,
             quiet_failures=lambda: not self._booted.is_set(),
             worker_count=lambda: self.worker_count,
         )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
+                nursery.start_soon(worker.channel.run_flusher)
+                # The process's exit, not the channel's EOF: a child the handler
+                # started may hold the channel open long after the worker died.
                 await worker.process.wait()
-                # The link ends at the channel's EOF, after every answer the worker
-                # sent has been processed; only then is re-handing safe.
+                # What the worker said before it died is still in the socket buffer:
+                # read it now (a Taken there means the worker held that connection).
+                link.read_remaining()
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 worker.kill()
@@ -263,20 +334,14 @@ class Supervisor:
             slot.fold(worker)
             worker.exited.set()
 
-    def _stop(self, worker: WorkerProcess, timeout: float | None = None) -> None:
+    def stop_worker(self, worker: WorkerProcess, timeout: float | None = None) -> None:
         """Out of rotation at once; the worker drains and exits (killed by the health
         check or shutdown if it does not)."""
         if worker.state is WorkerState.STOPPED:
             return
         worker.state = WorkerState.DRAINING
-        try:
-            stop = Stop(self.config.worker.graceful_timeout if timeout is None else timeout)
-            if not worker.channel.send_nowait(stop):
-                self.nursery.start_soon(worker.channel.flush)
-        except ChannelClosed:
-            pass
-
-    # --- replacing workers without dropping a request -------------------------------------
+        timeout = self.config.worker.graceful_timeout if timeout is None else timeout
+        worker.post(Stop(timeout), force=True)
 
     def _on_retire(self, worker: WorkerProcess, reason: str) -> None:
         """A worker asked to be replaced (request limit) or broke the protocol."""
@@ -285,91 +350,18 @@ class Supervisor:
             return
         self.recycle(slot, reason)
 
-    def recycle(self, slot: Slot, reason: str) -> None:
-        if self.stopping:
-            return
-        if slot.replacing:
-            slot.recycle_pending = reason  # once the replacement under way is done
-            return
-        log.info(
-            "recycling worker %d (pid %d): %s",
-            slot.id,
-            slot.current.pid if slot.current else 0,
-            reason,
+    def _channel_overflow(self, worker: WorkerProcess) -> None:
+        """The worker leaves its channel unread: its messages are being dropped."""
+        if worker.dropped_messages != 1:
+            return  # said once per process
+        log.error(
+            "worker %d (pid %d) leaves its messages unread (%d bytes queued); messages to "
+            "it are dropped and it is being replaced",
+            worker.slot,
+            worker.pid,
+            worker.channel.backlog_bytes,
         )
-        self.nursery.start_soon(self.replace, slot)
-
-    async def replace(self, slot: Slot) -> bool:
-        """Start the slot's new worker, wait until it is ready, then take the old one
-        out of rotation and let it drain. If the new one does not become ready, the
-        old one keeps serving and False is returned."""
-        if slot.replacing or self.stopping:
-            return False
-        slot.replacing = True
-        try:
-            old = slot.current
-            new = await self._start_worker(slot)
-            if new is None:
-                return False
-            with trio.move_on_after(self.config.ready_timeout + 1):
-                async with trio.open_nursery() as race:
-
-                    async def first_of(event: trio.Event) -> None:
-                        await event.wait()
-                        race.cancel_scope.cancel()
-
-                    race.start_soon(first_of, new.ready)
-                    race.start_soon(first_of, new.exited)
-            if not new.ready.is_set() or new.exited.is_set() or self.stopping:
-                new.kill()
-                log.error(
-                    "replacement for worker %d failed (%s); worker %d (pid %s) keeps serving",
-                    slot.id,
-                    new.failure or new.describe_exit(),
-                    slot.id,
-                    old.pid if old else "-",
-                )
-                return False
-            slot.current = new
-            if old is not None and not old.exited.is_set():
-                self._stop(old)
-                await old.exited.wait()
-            return True
-        finally:
-            slot.replacing = False
-            pending, slot.recycle_pending = slot.recycle_pending, None
-            if pending and slot.current is not None and not self.stopping:
-                self.recycle(slot, pending)
-
-    async def reload(self) -> bool:
-        """Rolling reload: replace workers --reload-batch at a time, each new one
-        importing the app afresh. Stops at the first replacement that fails, keeping
-        the old workers of the remaining slots."""
-        if self.reloading or self.stopping:
-            log.warning("a reload is already under way; ignoring this one")
-            return False
-        self.reloading = True
-        try:
-            ids = sorted(self.slots)
-            batch = max(1, self.config.reload_batch)
-            log.info("rolling reload of %d workers, %d at a time", len(ids), batch)
-            for start in range(0, len(ids), batch):
-                results: list[bool] = []
-                async with trio.open_nursery() as nursery:
-                    for slot_id in ids[start : start + batch]:
-                        slot = self.slots.get(slot_id)
-                        if slot is not None and not slot.removed:
-                            nursery.start_soon(self._replace_into, slot, results)
-                if not all(results):
-                    log.error("reload aborted: the remaining workers keep their old code")
-                    return False
-            log.info("reload complete: %d workers replaced", len(ids))
-            return True
-        finally:
-            self.reloading = False
-
-    async def _replace_into(self, slot: Slot, results: list[bool]) -> None:
-        results.append(await self.replace(slot))
+        self._on_retire(worker, "it does not read its messages")
 
     # --- scaling ---------------------------------------------------------------------------
 
@@ -385,7 +377,7 @@ class Supervisor:
             slot_id += 1
         self._add_slot(slot_id)
         log.info("scaling up: worker %d added (%d workers)", slot_id, self.worker_count)
-        self._announce_count()
+        self.router.announce_count(self.worker_count)
 
     def scale_down(self) -> None:
         live = sorted(s.id for s in self.slots.values() if not s.removed)
@@ -395,121 +387,17 @@ class Supervisor:
         slot = self.slots[live[-1]]
         slot.removed = True
         if slot.current is not None:
-            self._stop(slot.current)
+            self.stop_worker(slot.current)
         log.info(
             "scaling down: worker %d drains and leaves (%d workers)", slot.id, self.worker_count
         )
-        self._announce_count()
+        self.router.announce_count(self.worker_count)
 
     def scale_to(self, count: int) -> None:
         while self.worker_count < count:
             self.scale_up()
         while self.worker_count > max(count, 1):
             self.scale_down()
-
-    # --- messages to and between workers ------------------------------------------------
-
-    def _send_all(self, message: Message, to: list[WorkerProcess] | None = None) -> None:
-        for worker in list(self.workers) if to is None else to:
-            if worker.state not in (WorkerState.READY, WorkerState.DRAINING):
-                continue
-            try:
-                if not worker.channel.send_nowait(message):
-                    self.nursery.start_soon(worker.channel.flush)
-            except ChannelClosed:
-                pass
-
-    def _on_user_message(self, worker: WorkerProcess, message: UserMessage) -> None:
-        """Route a handler's message: log it (to the front), or forward it to one
-        worker or all of them (the sender included), like Node's cluster messaging."""
-        outgoing = UserMessage(message.payload, message.to, worker.slot)
-        if message.to == "front":
-            log.info(
-                "message from worker %d (pid %d): %r", worker.slot, worker.pid, message.payload
-            )
-        elif message.to == "all":
-            self._send_all(outgoing)
-        else:
-            slot = self.slots.get(int(message.to))
-            if slot is None or slot.current is None:
-                log.warning(
-                    "message from worker %d to unknown worker %s dropped", worker.slot, message.to
-                )
-                return
-            self._send_all(outgoing, [slot.current])
-
-    def _on_state_request(self, worker: WorkerProcess, request: StateRequest) -> None:
-        """rrproxy.state with the memory backend: one operation, atomically, here."""
-        try:
-            value = self.state_store.apply(request.op, request.key, request.value, request.ttl)
-            reply = StateReply(request.request_id, True, value)
-        except StoreError as exc:
-            reply = StateReply(request.request_id, False, None, str(exc))
-        self._send_all(reply, [worker])
-
-    def _announce_count(self) -> None:
-        self._send_all(ClusterInfo(self.worker_count))
-
-    def reopen_logs(self) -> None:
-        self._send_all(ReopenLogs())
-
-    async def poll(self, timeout: float = 0.5) -> None:
-        """Ask every worker for fresh counts and wait (briefly) for the answers."""
-        waiting = {w: w.stats_received for w in self.workers if w.state is WorkerState.READY}
-        self._send_all(Poll(), list(waiting))
-        with trio.move_on_after(timeout):
-            while any(
-                w.stats_received == seen and not w.exited.is_set() for w, seen in waiting.items()
-            ):
-                await trio.sleep(0.005)
-
-    # --- health ---------------------------------------------------------------------------
-
-    async def _watch_health(self) -> None:
-        """Heartbeats come from each worker's event loop (its Stats), so a handler
-        that blocks the loop silences them: after --timeout the worker is killed and
-        its slot restarts it. A worker that stops reading its channel is the same.
-        A worker above --max-memory is recycled (replacement first, then drain)."""
-        timeout = self.config.timeout
-        max_memory = self.config.max_memory
-        interval = HEALTH_INTERVAL if timeout <= 0 else min(HEALTH_INTERVAL, timeout / 4)
-        while True:
-            await trio.sleep(interval)
-            self.state_store.sweep()
-            now = trio.current_time()
-            for worker in list(self.workers):
-                if worker.state is WorkerState.READY and max_memory:
-                    rss = worker.rss_bytes()
-                    slot = self.slots.get(worker.slot)
-                    if rss is not None and rss > max_memory and slot and slot.current is worker:
-                        self.recycle(
-                            slot,
-                            f"resident memory {rss / 2**20:.0f} MiB above --max-memory "
-                            f"{max_memory / 2**20:.0f} MiB",
-                        )
-                if timeout <= 0 or worker.state not in (WorkerState.READY, WorkerState.DRAINING):
-                    continue
-                silent = now - worker.last_heard
-                full_for = (
-                    now - worker.channel_full_since
-                    if worker.channel_full_since is not None
-                    else 0.0
-                )
-                if silent > timeout or full_for > timeout:
-                    what = (
-                        f"sent no heartbeat for {silent:.1f} s"
-                        if silent > timeout
-                        else f"has not read its channel for {full_for:.1f} s"
-                    )
-                    log.error(
-                        "worker %d (pid %d) is unresponsive: it %s (--timeout %g); killing it",
-                        worker.slot,
-                        worker.pid,
-                        what,
-                        timeout,
-                    )
-                    worker.failure = f"unresponsive: {what}"
-                    worker.kill()
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -520,7 +408,7 @@ class Supervisor:
         if not self.workers:
             return
         for worker in list(self.workers):
-            self._stop(worker, timeout)
+            self.stop_worker(worker, timeout)
         # The workers enforce `timeout` themselves; the margin covers their exit.
         with trio.move_on_after(timeout + 2.0):
             await self._all_exited.wait()

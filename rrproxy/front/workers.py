@@ -11,13 +11,18 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..ipc.channel import WorkerChannel
+from ..ipc.channel import ChannelClosed, QueueFull, WorkerChannel
+from ..ipc.messages import Message
 
 #: Handoffs a worker may leave unanswered before round-robin prefers others. A
 #: worker answers once it has read from a connection, so a blocked loop fills this.
 SOFT_WINDOW = 8
 #: Beyond this the worker gets nothing more until it answers.
 HARD_WINDOW = 1024
+#: A worker that has left a handed connection unread this long is stalled (its loop
+#: is blocked or the process is stopped): it gets no new connection until it reads.
+#: A running loop reads a new connection within milliseconds, even under load.
+STALL_AFTER = 0.5
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -43,6 +48,8 @@ class PendingConn:
     client: str | None = None
     #: trio.current_time() when it joined the queue (0: handed at once).
     queued_at: float = 0.0
+    #: trio.current_time() when it was last handed to a worker.
+    handed_at: float = 0.0
 
 
 class WorkerProcess:
@@ -65,7 +72,12 @@ class WorkerProcess:
         self.ever_ready = False
         self.ready_at: float | None = None
         self.failure: str | None = None
+        #: Handed connections the worker has not answered, oldest first.
         self.unacked: dict[int, PendingConn] = {}
+        #: Messages dropped because the worker left its channel unread (QueueFull).
+        self.dropped_messages = 0
+        #: A client reached this worker (it took or accepted a connection).
+        self.had_clients = False
         self.channel_full = False
         self.channel_full_since: float | None = None
         #: After a worker gives a connection back, it gets none until this time.
@@ -90,7 +102,43 @@ class WorkerProcess:
             and not self.channel_full
             and not self.channel.closed
             and len(self.unacked) < HARD_WINDOW
+            and not self.stalled
         )
+
+    def oldest_unacked_age(self) -> float:
+        """Seconds the oldest unanswered handoff has waited (0 if none)."""
+        unacked = self.unacked
+        if not unacked:
+            return 0.0
+        oldest = next(iter(unacked.values()))
+        return trio.current_time() - oldest.handed_at
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.unacked) and self.oldest_unacked_age() > STALL_AFTER
+
+    def post(self, message: Message, force: bool = False) -> bool:
+        """Queue a message for the worker without waiting (its task flushes the
+        queue). False if it cannot be: the worker is gone, or has left more than the
+        channel's bound unread (counted in dropped_messages). `force` is for small
+        messages that must get through, such as Stop."""
+        try:
+            self.channel.send_nowait(message, force)
+        except ChannelClosed:
+            return False
+        except QueueFull:
+            self.dropped_messages += 1
+            return False
+        return True
+
+    def process_state(self) -> str | None:
+        """The kernel's one-letter state of the process (R, S, D, T for stopped, t
+        for traced...), or None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
 
     @property
     def has_room(self) -> bool:
@@ -174,7 +222,18 @@ class Slot:
     replacing: bool = False
     #: A recycle asked for while a replacement was under way.
     recycle_pending: str | None = None
+    #: Set when the replacement under way ends (however it ends).
+    replacement_done: trio.Event = field(default_factory=trio.Event)
+    #: The replacement being started (not yet current), if any.
+    incoming: WorkerProcess | None = None
     last_exit: str | None = None
+    #: Workers of this slot that died before they served anyone, in a row (see
+    #: supervisor.CRASH_LOOP_AFTER).
+    crashes: int = 0
+    #: Seconds the slot waits before its next start, while it is backing off.
+    backoff: float = 0.0
+    #: trio.current_time() at which the backoff ends (0: not backing off).
+    restart_at: float = 0.0
     #: Counts of this slot's earlier processes (status totals are per slot).
     past_connections: int = 0
     past_requests: int = 0

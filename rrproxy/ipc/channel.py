@@ -21,10 +21,18 @@ _FD_SIZE = array.array("i").itemsize
 #: Room for a few fds: a peer that sends more than one is a protocol error, but we
 #: still want to receive (and close) them rather than have the kernel truncate.
 _ANC_SIZE = socket.CMSG_SPACE(4 * _FD_SIZE)
+#: Received descriptors are close-on-exec from the start: a handler that runs
+#: `os.system(...)` must not pass our connections (or the channel) to its children.
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 class ChannelClosed(Exception):
     """The peer closed its end (or the socket broke)."""
+
+
+class QueueFull(Exception):
+    """The peer has left more than `max_backlog` bytes unread: the message was not
+    queued. A peer that does not read its channel must not grow our memory."""
 
 
 class FdLost(Exception):
@@ -52,17 +60,36 @@ def _close_fds(fds: list[int]) -> None:
 
 
 class WorkerChannel:
-    """Both ends use this class: the front's end and the worker's end."""
+    """Both ends use this class: the front's end and the worker's end.
 
-    def __init__(self, sock: socket.socket) -> None:
+    `accepts_fds`: whether the peer may attach file descriptors (the front's end
+    says no: workers never send fds, so any that arrive are closed and the message
+    is a protocol error). `max_backlog`: bytes of unsent messages this end queues
+    for a peer that does not read, before send_nowait raises QueueFull.
+    """
+
+    def __init__(
+        self, sock: socket.socket, *, accepts_fds: bool = True, max_backlog: int | None = None
+    ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._buffer = bytearray(MAX_MESSAGE_SIZE + 1)
         self._view = memoryview(self._buffer)
         self._backlog: deque[tuple[bytes, int | None]] = deque()
+        self._backlog_bytes = 0
         self._flushing = False
         self._burst = 0
+        self.accepts_fds = accepts_fds
+        self.max_backlog = max_backlog
         self.closed = False
+        #: Set whenever messages are queued, for the task that owns flush().
+        self.has_backlog = trio.Event()
+        #: trio.current_time() since when messages have been waiting (None: none).
+        self.backlog_since: float | None = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -102,43 +129,81 @@ class WorkerChannel:
         data = messages.encode(message)
         if not self._backlog and self._send_raw(data, fd):
             return
-        self._backlog.append((data, fd))
+        self._queue(data, fd)
         await self.flush()
 
-    def send_nowait(self, message: Message) -> bool:
+    def send_nowait(self, message: Message, force: bool = False) -> bool:
         """Send from synchronous code. If the peer's queue is full the message is
-        queued (order kept) and False is returned: the caller must then make sure
-        `flush()` runs, e.g. in its nursery."""
+        queued (order kept), `has_backlog` is set and False is returned: the owner of
+        the channel runs `flush()` (see `run_flusher`). Past `max_backlog` queued
+        bytes, QueueFull is raised instead, unless `force` (for small messages that
+        must not be lost, such as Stop)."""
         if self.closed:
             raise ChannelClosed("channel closed")
         data = messages.encode(message)
         if not self._backlog and self._send_raw(data, None):
             return True
-        self._backlog.append((data, None))
+        limit = self.max_backlog
+        if limit is not None and not force and self._backlog_bytes + len(data) > limit:
+            raise QueueFull(f"{self._backlog_bytes} bytes already wait for the peer")
+        self._queue(data, None)
         return False
+
+    def _queue(self, data: bytes, fd: int | None) -> None:
+        if not self._backlog:
+            self.backlog_since = trio.current_time()
+        self._backlog.append((data, fd))
+        self._backlog_bytes += len(data)
+        self.has_backlog.set()
 
     async def flush(self) -> None:
         """Send everything queued, waiting for room; concurrent callers return at
-        once and leave the work to the one already flushing."""
+        once and leave the work to the one already flushing. ChannelClosed if the
+        peer is gone (the queue is then dropped)."""
         if self._flushing:
             return
         self._flushing = True
         try:
             while self._backlog:
+                if self.closed:
+                    raise ChannelClosed("channel closed")
                 data, fd = self._backlog[0]
                 if self._send_raw(data, fd):
                     self._backlog.popleft()
+                    self._backlog_bytes -= len(data)
+                    if not self._backlog:
+                        self.backlog_since = None
                 else:
-                    await trio.lowlevel.wait_writable(self._sock)
+                    try:
+                        await trio.lowlevel.wait_writable(self._sock)
+                    except trio.ClosedResourceError:
+                        raise ChannelClosed("channel closed") from None
         finally:
             self._flushing = False
+
+    async def run_flusher(self) -> None:
+        """Flush whenever something is queued, until the channel closes. Run by the
+        task that owns the channel's peer (the front's per-worker task, the worker's
+        main nursery), so a peer that goes away ends only this task, handled."""
+        while True:
+            await self.has_backlog.wait()
+            self.has_backlog = trio.Event()
+            try:
+                await self.flush()
+            except ChannelClosed:
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self.backlog_since = None
+                return
 
     # --- receiving -------------------------------------------------------------
 
     def _receive_raw(self) -> tuple[Message, int | None] | None:
         """One nonblocking recvmsg; None on EAGAIN."""
         try:
-            nbytes, ancdata, flags, _ = self._sock.recvmsg_into([self._view], _ANC_SIZE)
+            nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
+                [self._view], _ANC_SIZE, _RECV_FLAGS
+            )
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -159,7 +224,12 @@ class WorkerChannel:
                 message = messages.decode(bytes(self._view[:nbytes]))
             except ProtocolError:
                 message = None
-            if message is not None and messages.carries_fd(message) and len(fds) <= 1:
+            if (
+                message is not None
+                and self.accepts_fds
+                and messages.carries_fd(message)
+                and len(fds) <= 1
+            ):
                 raise FdLost(message)
             raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
         if flags & socket.MSG_TRUNC or nbytes > MAX_MESSAGE_SIZE:
@@ -170,13 +240,20 @@ class WorkerChannel:
         except ProtocolError:
             _close_fds(fds)
             raise
-        expected = 1 if messages.carries_fd(message) else 0
+        expected = 1 if self.accepts_fds and messages.carries_fd(message) else 0
         if len(fds) != expected:
             _close_fds(fds)
             raise ProtocolError(
                 f"{type(message).__name__} arrived with {len(fds)} fds, expected {expected}"
             )
         return message, (fds[0] if fds else None)
+
+    def receive_nowait(self) -> tuple[Message, int | None] | None:
+        """The next message if one is already waiting, else None (never blocks).
+        Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
+        if self.closed:
+            raise ChannelClosed("channel closed")
+        return self._receive_raw()
 
     async def receive(self) -> tuple[Message, int | None]:
         """Next message and the fd it carries (the caller owns and must close it).
@@ -195,7 +272,10 @@ class WorkerChannel:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return result
             self._burst = 0
-            await trio.lowlevel.wait_readable(self._sock)
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            except trio.ClosedResourceError:
+                raise ChannelClosed("channel closed") from None
 
     def close(self) -> None:
         if self.closed:

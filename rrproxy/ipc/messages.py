@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 #: Bumped on any incompatible change; the front refuses a worker whose Hello differs.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Upper bounds (seconds) of the request latency histogram buckets; the last bucket
 #: (beyond the final bound) is +Inf. Prometheus's defaults.
@@ -30,6 +30,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2
 #: Upper bound for one datagram. Big enough for stats and state values, far below
 #: the socket buffer, so a worker can never make the front allocate much.
 MAX_MESSAGE_SIZE = 256 * 1024
+#: Deepest nesting of lists and objects accepted in a free-form (`object`) field. A
+#: worker could otherwise send a 50,000-deep payload that recursion chokes on later.
+MAX_NESTING = 32
 
 
 class ProtocolError(Exception):
@@ -166,13 +169,15 @@ class Poll(Message):
 @dataclass(frozen=True, slots=True)
 class UserMessage(Message):
     """A handler's message (rrproxy.cluster). worker -> front: `to` is "front",
-    "all" (broadcast) or a worker id as a string. front -> worker: delivered to the
+    "all" (broadcast) or a worker id as a string; a non-zero `request_id` asks for a
+    Reply saying whether it was delivered. front -> worker: delivered to the
     worker's on_message callbacks, `sender` saying which worker sent it."""
 
     TAG: ClassVar[int] = 24
     payload: object
     to: str = "front"
     sender: int = 0
+    request_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +208,18 @@ class StateRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StateReply(Message):
-    """front -> worker: the answer to StateRequest `request_id`."""
+class Reply(Message):
+    """front -> worker: the answer to the worker's call `request_id` (a StateRequest,
+    or a UserMessage that asked whether it was delivered)."""
 
     TAG: ClassVar[int] = 28
     request_id: int
     ok: bool
     value: object = None
     error: str = ""
+    #: What kind of failure `error` is: "" (refused), "full" (the store is at its
+    #: memory limit), "dropped" (a message was not delivered).
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +246,7 @@ _JSON: dict[int, type[Message]] = {
         ClusterInfo,
         ReopenLogs,
         StateRequest,
-        StateReply,
+        Reply,
     )
 }
 
@@ -279,9 +288,9 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message tag {tag}")
     try:
-        body = json.loads(data[1:])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{cls.__name__}: body is not JSON ({exc})") from None
+        body = json.loads(data[1:], parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
+        raise ProtocolError(f"{cls.__name__}: body is not JSON ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"{cls.__name__}: body is not an object")
     return _from_fields(cls, body)
@@ -292,6 +301,10 @@ def _schema(cls: type[Message]) -> tuple[tuple[dataclasses.Field, Any], ...]:
     """Each field with its resolved type, computed once per message class."""
     hints = typing.get_type_hints(cls)
     return tuple((field, hints[field.name]) for field in dataclasses.fields(cls))
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number here")
 
 
 def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
@@ -316,7 +329,7 @@ def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
 
 def _type_ok(value: Any, hint: Any) -> bool:
     if hint is object:
-        return True
+        return _nesting(value) <= MAX_NESTING
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
@@ -327,4 +340,27 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     base = origin or hint
+    if base is dict or base is list:
+        return isinstance(value, base) and _nesting(value) <= MAX_NESTING
     return isinstance(value, base)
+
+
+def _nesting(value: Any) -> int:
+    """Depth of nested lists/objects, computed without recursion (and bounded work:
+    the datagram is at most MAX_MESSAGE_SIZE bytes)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_NESTING:
+                return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

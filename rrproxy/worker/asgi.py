@@ -17,7 +17,7 @@ import trio
 
 from ..native import BodyTooLarge, ClientDisconnected
 from ..protocol.http import http_date, reason
-from ..state import StateUnavailable
+from ..state import StateFull, StateUnavailable
 
 if TYPE_CHECKING:
     from .http import HTTPConnection
@@ -200,6 +200,8 @@ async def run_http(connection: HTTPConnection, event: h11.Request) -> bool:
         if not cycle.head_sent:
             if isinstance(exc, StateUnavailable):
                 return await connection._send_error(503)
+            if isinstance(exc, StateFull):
+                return await connection._send_error(507)
             response = connection._internal_error(exc)
             return await connection._send_response(response, cycle.head)
         return False  # the response is partly out: closing tells the client

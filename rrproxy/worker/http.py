@@ -38,7 +38,7 @@ from ..protocol.http import (
 )
 from ..protocol.proxy import ProxyHeaderError, forwarded_client, trusted
 from ..protocol.proxy import parse as parse_proxy_header
-from ..state import StateUnavailable
+from ..state import StateFull, StateUnavailable
 from .asgi import run_http
 from .websocket import WebSocketSession, is_websocket_upgrade
 
@@ -342,9 +342,10 @@ class HTTPConnection:
         except MalformedBody:
             await self._send_error(400)
             return False
-        except StateUnavailable as exc:
+        except (StateUnavailable, StateFull) as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
-            response = Response(503, error_body(503), [("content-type", "text/plain")])
+            code = 507 if isinstance(exc, StateFull) else 503
+            response = Response(code, error_body(code), [("content-type", "text/plain")])
         except ClientDisconnected:
             raise
         except InvalidResponse as exc:

@@ -31,15 +31,15 @@ from ..ipc.messages import (
     Failed,
     Hello,
     Load,
+    Message,
     NewConn,
     Poll,
     ProtocolError,
     Ready,
     Rejected,
     ReopenLogs,
+    Reply,
     Retire,
-    StateReply,
-    StateRequest,
     Stats,
     Stop,
     Taken,
@@ -47,6 +47,7 @@ from ..ipc.messages import (
 )
 from ..logs import reopen_log_file, setup_logging
 from .asgi import Lifespan, LifespanFailed
+from .calls import CallFailed, CallUnanswered, FrontCalls
 from .server import WorkerServer
 
 log = logging.getLogger("rrproxy.worker")
@@ -55,6 +56,8 @@ log = logging.getLogger("rrproxy.worker")
 EXIT_BOOT_ERROR = 3
 #: Minimum time between two Load reports (closes are coalesced in between).
 LOAD_REPORT_INTERVAL = 0.01
+#: How long a cluster message waits for the front to confirm delivery.
+CLUSTER_TIMEOUT = 5.0
 
 
 class Worker:
@@ -76,6 +79,7 @@ class Worker:
         self._stop = trio.Event()
         self._stop_timeout = server.config.graceful_timeout
         self._nursery: trio.Nursery | None = None
+        self.calls = FrontCalls(channel.send)
 
     def ask_to_retire(self, reason: str) -> None:
         """Ask the front for a replacement; keep serving until it says Stop."""
@@ -94,23 +98,27 @@ class Worker:
         """Serve until stopped; the process exit status."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            cluster._send = self._send_user_message
-            cluster._spawn = self._spawn
+            cluster.install(self._send_user_message, nursery.start_soon)
             backend = self.server.config.state
             if backend == "memory":
-                state._client = state._Client(self._send_state_request)
+                state.install(state.FrontBackend(self.calls))
             else:
                 from ..redis_state import RedisBackend
 
-                state._client = RedisBackend(backend)  # type: ignore[assignment]
+                state.install(RedisBackend(backend))
+            nursery.start_soon(self._flush_channel)
             await nursery.start(self.server.serve)
             nursery.start_soon(self._read_channel)
             nursery.start_soon(self._report_stats)
             if self.server.config.policy not in KERNEL_POLICIES:
                 # Only the front's own policies use live counts (least-conn,
                 # --limit-concurrency, --max-connections); under none/reuseport the
-                # periodic Stats are enough.
+                # periodic Stats are enough, but for one Load when the first client
+                # arrives: a worker that served someone never counts toward a
+                # restart storm, even if it dies before its first Stats.
                 nursery.start_soon(self._report_load)
+            else:
+                self.server.on_first_connection = lambda: self._answer(Load(1))
             nursery.start_soon(self.server.sweep_disconnects)
             nursery.start_soon(self._watch_signals)
             if self.lifespan is not None:
@@ -124,16 +132,19 @@ class Worker:
                     nursery.cancel_scope.cancel()
                     return EXIT_BOOT_ERROR
             accept_scope = trio.CancelScope()
+            accept_done = trio.Event()
             if self.listener is not None:
-                nursery.start_soon(self._accept, accept_scope)
+                nursery.start_soon(self._accept, accept_scope, accept_done)
+            else:
+                accept_done.set()
             await self.channel.send(Ready())
             await self._stop.wait()
             # Stop taking new connections first (under `none` the shared socket's
-            # queue then belongs to the other workers), then drain what we have.
+            # queue then belongs to the other workers), then drain what we have. The
+            # accept task owns the listener and closes it itself, once it has
+            # stopped using it: closing it under a woken accept() gave EBADF.
             accept_scope.cancel()
-            if self.listener is not None:
-                trio.lowlevel.notify_closing(self.listener)
-                self.listener.close()
+            await accept_done.wait()
             await self.server.drain(self._stop_timeout)
             if self.lifespan is not None:
                 await self.lifespan.shutdown(min(self._stop_timeout, 30.0) or 1.0)
@@ -144,15 +155,31 @@ class Worker:
             )
             try:
                 self._send(self._stats())
+                with trio.move_on_after(1.0):
+                    await self.channel.flush()
             except ChannelClosed:
                 pass
             nursery.cancel_scope.cancel()
         return 0
 
-    async def _accept(self, scope: trio.CancelScope) -> None:
-        assert self.listener is not None
-        with scope:
-            await self.server.accept_loop(self.listener)
+    async def _accept(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        listener = self.listener
+        assert listener is not None
+        try:
+            with scope:
+                await self.server.accept_loop(listener)
+            if self.server.config.policy == "reuseport":
+                # Our own queue: what the kernel already put in it is served here
+                # (with Connection: close) rather than reset when the socket closes.
+                self.server.accept_pending(listener)
+        finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+            done.set()
+
+    async def _flush_channel(self) -> None:
+        await self.channel.run_flusher()
+        # The front is gone (the reader sees the EOF and drains): nothing to do.
 
     def _stats(self) -> Stats:
         server = self.server
@@ -166,9 +193,9 @@ class Worker:
         )
 
     def _send(self, message: Taken | Rejected | Stats | Load | Retire) -> None:
-        """Send from synchronous code; if the front's queue is full, flush later."""
-        if not self.channel.send_nowait(message) and self._nursery is not None:
-            self._nursery.start_soon(self.channel.flush)
+        """Send from synchronous code; if the front's queue is full, the flusher
+        task sends it when there is room (order kept)."""
+        self.channel.send_nowait(message)
 
     async def _report_stats(self) -> None:
         # Sent from the event loop on purpose: it is also the heartbeat, so a loop
@@ -204,13 +231,11 @@ class Worker:
 
     async def _read_channel(self) -> None:
         channel = self.channel
-        server = self.server
         while True:
             try:
                 message, fd = await channel.receive()
             except ChannelClosed:
-                if isinstance(state._client, state._Client):
-                    state._client.fail_all("the front process went away")
+                self.calls.fail_all("the front process went away")
                 # The front is gone: no orphans. Finish what we have and exit.
                 if not self._stop.is_set():
                     log.warning("front process went away; draining and exiting")
@@ -225,13 +250,17 @@ class Worker:
             except ProtocolError as exc:
                 log.error("invalid message from the front: %s", exc)
                 continue
-            if type(message) is NewConn:
+            self._handle(message, fd)
+
+    def _handle(self, message: Message, fd: int | None) -> None:
+        server = self.server
+        match message:
+            case NewConn(conn_id=conn_id):
                 assert fd is not None
-                conn_id = message.conn_id
                 if server.draining:
                     os.close(fd)
                     self._answer(Rejected(conn_id))
-                    continue
+                    return
                 try:
                     # Family, type and protocol given, not probed: three syscalls fewer
                     # per connection, and TCP is explicit (see the TCP_NODELAY trap).
@@ -242,24 +271,21 @@ class Worker:
                     log.error("received an unusable connection fd: %s", exc)
                     os.close(fd)
                     self._answer(Taken(conn_id, server.connections_active))
-                    continue
+                    return
                 server.start_connection(sock, self._ack(conn_id))
-            elif type(message) is Stop:
-                self.request_stop(message.timeout)
-            elif type(message) is Poll:
+            case Stop(timeout=timeout):
+                self.request_stop(timeout)
+            case Poll():
                 self._answer(self._stats())
-            elif type(message) is UserMessage:
-                cluster._dispatch(message.payload, message.sender)
-            elif type(message) is ClusterInfo:
-                cluster.worker_count = message.worker_count
-            elif type(message) is ReopenLogs:
+            case UserMessage(payload=payload, sender=sender):
+                cluster._dispatch(payload, sender)
+            case ClusterInfo(worker_count=count):
+                cluster.worker_count = count
+            case ReopenLogs():
                 reopen_log_file()
-            elif type(message) is StateReply:
-                if isinstance(state._client, state._Client):
-                    state._client.reply(
-                        message.request_id, message.ok, message.value, message.error
-                    )
-            else:
+            case Reply():
+                self.calls.reply(message)
+            case _:
                 if fd is not None:
                     os.close(fd)
                 log.error("unexpected message from the front: %r", message)
@@ -270,17 +296,15 @@ class Worker:
 
         return ack
 
-    async def _send_state_request(
-        self, request_id: int, op: str, key: str, value: object, ttl: float | None
-    ) -> None:
-        await self.channel.send(StateRequest(request_id, op, key, value, ttl))
-
     async def _send_user_message(self, payload: object, to: str) -> None:
-        await self.channel.send(UserMessage(payload, to, self.server.worker_id))
-
-    def _spawn(self, function, *args) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(function, *args)
+        worker_id = self.server.worker_id
+        try:
+            await self.calls.call(
+                lambda request_id: UserMessage(payload, to, worker_id, request_id),
+                CLUSTER_TIMEOUT,
+            )
+        except (CallFailed, CallUnanswered) as exc:
+            raise cluster.MessageDropped(str(exc)) from None
 
     def _answer(self, message: Taken | Rejected | Load | Stats) -> None:
         try:
@@ -295,6 +319,8 @@ async def _main(sock: socket.socket, slot: int) -> int:
     message, fd = None, None
     with trio.move_on_after(60):
         message, fd = await channel.receive()
+    if isinstance(message, Stop):
+        return 0  # stopped before it started (rrproxy is shutting down)
     if not isinstance(message, Configure):
         print(f"rrproxy worker {slot}: expected Configure, got {message!r}", file=sys.stderr)
         return EXIT_BOOT_ERROR
@@ -375,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     # Ctrl-C reaches the whole process group; the front decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
+    # The channel came through pass_fds, which makes it inheritable: a handler's
+    # os.system() child must not hold it (the front would never see our EOF).
+    os.set_inheritable(args.fd, False)
     sock = socket.socket(fileno=args.fd)
     try:
         code = trio.run(_main, sock, args.slot)

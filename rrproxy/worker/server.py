@@ -23,6 +23,7 @@ _ACCEPT_BATCH = 16
 #: how long a handler must have run before it is looked at (the hot path pays nothing).
 DISCONNECT_SWEEP_INTERVAL = 0.5
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_RESOURCES_OUT = -1
 
 
 class WorkerServer:
@@ -55,6 +56,9 @@ class WorkerServer:
         #: requests_total at which the worker asks to be replaced (0: never).
         self.retire_after = retire_after
         self.on_retire = on_retire
+        #: Called (synchronously) when the first connection arrives: under none and
+        #: reuseport the front learns a client reached this worker only this way.
+        self.on_first_connection: Callable[[], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -115,6 +119,8 @@ class WorkerServer:
         # Counted now, not when its task first runs: the accept loop's cap and the
         # counts reported to the front must include connections not yet started.
         self.connection_opened(connection)
+        if self.connections_total == 1 and self.on_first_connection is not None:
+            self.on_first_connection()
         self._nursery.start_soon(connection.run)
 
     async def accept_loop(self, listener: socket.socket) -> None:
@@ -129,23 +135,39 @@ class WorkerServer:
                 await trio.lowlevel.wait_readable(listener)
             except trio.ClosedResourceError:
                 return
-            for _ in range(_ACCEPT_BATCH):
-                try:
-                    sock, _addr = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in _RESOURCE_ERRNOS:
-                        log.warning("accept failed (%s); pausing 100 ms", exc)
-                        await trio.sleep(0.1)
-                        break
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                        continue
-                    raise
-                self.start_connection(sock)
-                if not self._below_cap.is_set():
-                    break
+            if self._accept_batch(listener, _ACCEPT_BATCH) == _RESOURCES_OUT:
+                log.warning("accept failed: out of file descriptors or memory; pausing 100 ms")
+                await trio.sleep(0.1)
             await trio.lowlevel.checkpoint()
+
+    def accept_pending(self, listener: socket.socket) -> None:
+        """Accept whatever is already queued on the listener, without waiting."""
+        while self._accept_batch(listener, _ACCEPT_BATCH) == _ACCEPT_BATCH:
+            pass
+
+    def _accept_batch(self, listener: socket.socket, limit: int) -> int:
+        """Up to `limit` accepts without waiting; how many were accepted, or
+        _RESOURCES_OUT (-1) if the process is out of fds or memory."""
+        accepted = 0
+        while accepted < limit:
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    return _RESOURCES_OUT
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                # EBADF/EINVAL: the listener was closed under us (draining). Any
+                # other errno is just as final for this socket.
+                log.info("accept stopped: %s", exc)
+                return accepted
+            accepted += 1
+            self.start_connection(sock)
+            if not self._below_cap.is_set():
+                break
+        return accepted
 
     async def sweep_disconnects(self) -> None:
         """Cancel handlers whose client has gone away (they see trio.Cancelled)."""

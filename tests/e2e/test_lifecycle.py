@@ -194,6 +194,6 @@ def test_restart_storm_makes_rrproxy_exit():
     try:
         server.start()
         assert server.wait(60) == 3
-        assert "workers keep dying right after they start" in server.output()
+        assert "no worker can stay up: workers keep dying right after they start" in server.output()
     finally:
         server.stop()
