@@ -22,8 +22,16 @@ _READY = re.compile(r"rrproxy: worker (?P<slot>\d+) ready \(pid (?P<pid>\d+)\)")
 class RRProxy:
     """One rrproxy process. Output is collected by threads (no pipe can fill up)."""
 
-    def __init__(self, *args: str, workers: int = 2, cwd: Path = REPO, preexec_fn=None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        workers: int = 2,
+        cwd: Path = REPO,
+        preexec_fn=None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.preexec_fn = preexec_fn
+        self.extra_env = env or {}
         self.argv = [
             sys.executable,
             "-m",
@@ -43,7 +51,18 @@ class RRProxy:
         self.pids: dict[int, int] = {}
 
     def start(self, timeout: float = 30.0) -> RRProxy:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.start_without_waiting()
+        match = self.wait_for(_LISTENING, timeout)
+        self.host = match["host"].strip("[]")
+        self.port = int(match["port"])
+        for line in self.output().splitlines():
+            ready = _READY.search(line)
+            if ready:
+                self.pids[int(ready["slot"])] = int(ready["pid"])
+        return self
+
+    def start_without_waiting(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
@@ -56,14 +75,6 @@ class RRProxy:
         )
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-        match = self.wait_for(_LISTENING, timeout)
-        self.host = match["host"].strip("[]")
-        self.port = int(match["port"])
-        for line in self.output().splitlines():
-            ready = _READY.search(line)
-            if ready:
-                self.pids[int(ready["slot"])] = int(ready["pid"])
-        return self
 
     def _pump(self, stream) -> None:
         for line in stream:
@@ -258,3 +269,60 @@ def get(
 def get_from(port: int, source: str, path: str = "/", headers: str = "") -> Response:
     """One request from a given loopback source address."""
     return get(port, path, headers, source=source)
+
+
+# --- looking at the processes of a running rrproxy -------------------------------------
+
+
+def worker_pids(front_pid: int) -> set[int]:
+    """Live worker processes of a front (its children running rrproxy.worker)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read()
+        except OSError:
+            continue
+        if int(fields[1]) == front_pid and fields[0] != "Z" and b"rrproxy.worker" in argv:
+            pids.add(int(entry))
+    return pids
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "") -> None:
+    """Poll until predicate() is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+
+
+def client_per_worker(port: int, workers: int, attempts: int = 200) -> dict[int, RawClient]:
+    """One keep-alive connection to each worker (a connection sticks to its worker),
+    keyed by worker id; the probe-style apps say who served them in x-worker-id."""
+    clients: dict[int, RawClient] = {}
+    for _ in range(attempts):
+        client = RawClient(port)
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        worker_id = int(client.read_response().header("x-worker-id") or 0)
+        if worker_id in clients:
+            client.close()
+        else:
+            clients[worker_id] = client
+        if len(clients) == workers:
+            return clients
+    raise AssertionError(f"reached only workers {sorted(clients)}")

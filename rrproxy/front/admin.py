@@ -1,8 +1,8 @@
 """The admin interface, served by the front (so it answers while all workers are
 down): GET /status, GET /metrics, POST /reload, POST /scale?workers=N, POST /shutdown.
 
-By default it listens on a Unix socket of mode 0600 in a 0700 directory; on TCP it
-must be loopback unless a token is set, and then every request must carry it.
+By default it listens on a Unix socket of mode 0600 in a 0700 directory; on TCP a
+token is required, and every request must carry it.
 """
 
 from __future__ import annotations
@@ -78,8 +78,17 @@ def parse_admin(text: str, token: str | None = None) -> AdminAddress:
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise ConfigError(f"--admin must be unix:/path or HOST:PORT, got {text!r}")
-    if not _is_loopback(host) and not token:
-        raise ConfigError(f"--admin {text}: a non-loopback admin address needs --admin-token")
+    if not token:
+        # Even on loopback: every local user (and every process of every container
+        # sharing the network namespace) can reach a TCP port, and /shutdown stops
+        # the server. A unix socket is private by its file mode; a port is not.
+        raise ConfigError(
+            f"--admin {text}: a TCP admin address needs --admin-token (or "
+            "$RRPROXY_ADMIN_TOKEN): any local user can reach a port; the default unix "
+            "socket needs none"
+        )
+    if not _is_loopback(host):
+        log.warning("admin interface on a non-loopback address %s: keep the token secret", text)
     return AdminAddress(host=host, port=int(port_text))
 
 
@@ -108,12 +117,21 @@ def bind_admin(address: AdminAddress) -> socket.socket:
 
 
 def _bind_unix(path: str) -> socket.socket:
-    if os.path.exists(path):
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        # Only a stale socket may be replaced: never delete a file that is not one.
+        if not stat.S_ISSOCK(info.st_mode):
+            raise ConfigError(f"--admin unix:{path}: the path exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             os.unlink(path)  # left behind by an rrproxy that is gone
+        except OSError as exc:
+            raise ConfigError(f"--admin unix:{path}: {exc.strerror or exc}") from None
         else:
             raise ConfigError(f"admin socket {path} is in use by another rrproxy")
         finally:

@@ -51,6 +51,11 @@ class _SnapshotCollector(Collector):
         rss = GaugeMetricFamily(
             "rrproxy_worker_resident_memory_bytes", "resident memory", labels=["worker"]
         )
+        looping = GaugeMetricFamily(
+            "rrproxy_worker_crash_looping",
+            "1 if the slot's workers keep dying before they serve anyone",
+            labels=["worker"],
+        )
         cpu = CounterMetricFamily(
             "rrproxy_worker_cpu_seconds", "CPU time of the slot's live processes", labels=["worker"]
         )
@@ -63,7 +68,8 @@ class _SnapshotCollector(Collector):
             restarts.add_metric(label, worker["restarts"])
             rss.add_metric(label, worker["rss_bytes"])
             cpu.add_metric(label, worker["cpu_seconds"])
-        yield from (up, conns, active, requests, restarts, rss, cpu)
+            looping.add_metric(label, 1.0 if worker["crash_looping"] else 0.0)
+        yield from (up, conns, active, requests, restarts, rss, cpu, looping)
         yield GaugeMetricFamily("rrproxy_workers", "worker slots", value=len(workers))
         responses = CounterMetricFamily(
             "rrproxy_responses", "responses by status code", labels=["status"]
@@ -97,6 +103,16 @@ class _SnapshotCollector(Collector):
         )
         yield CounterMetricFamily(
             "rrproxy_front_cpu_seconds", "CPU time of the front", value=front["cpu_seconds"]
+        )
+        yield CounterMetricFamily(
+            "rrproxy_front_messages_dropped",
+            "messages not delivered to a worker that left its channel unread",
+            value=front["messages_dropped"],
+        )
+        yield GaugeMetricFamily(
+            "rrproxy_state_memory_bytes",
+            "bytes held by the memory state store (--state-max-memory)",
+            value=front["state_bytes"],
         )
 
 

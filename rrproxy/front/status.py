@@ -7,6 +7,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ..ipc.messages import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -18,6 +20,7 @@ STARTED_AT = time.time()
 def snapshot(front: Front) -> dict[str, Any]:
     supervisor = front.supervisor
     dispatcher = front.dispatcher
+    now = trio.current_time()
     workers: list[dict[str, Any]] = []
     statuses: dict[int, int] = {}
     latency = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -40,7 +43,10 @@ def snapshot(front: Front) -> dict[str, Any]:
             latency_sum += process.latency_sum
             rss += process.rss_bytes() or 0
             cpu += process.cpu_seconds() or 0.0
-        state = current.state.value if current is not None else "stopped"
+        if current is not None:
+            state = current.state.value
+        else:
+            state = "backoff" if slot.restart_at else "stopped"
         workers.append(
             {
                 "id": slot.id,
@@ -53,6 +59,10 @@ def snapshot(front: Front) -> dict[str, Any]:
                 "requests_total": slot.past_requests + sum(p.requests_total for p in processes),
                 "requests_per_s": round(sum(p.request_rate for p in processes), 1),
                 "restarts": slot.restarts,
+                "crash_looping": supervisor.crash_looping(slot),
+                "restart_in_s": round(max(0.0, slot.restart_at - now), 3)
+                if slot.restart_at and current is None
+                else None,
                 "rss_bytes": int(rss),
                 "cpu_seconds": round(cpu, 3),
                 "last_exit": slot.last_exit,
@@ -89,6 +99,9 @@ def snapshot(front: Front) -> dict[str, Any]:
             "rehanded_total": dispatcher.rehanded_total if dispatcher else 0,
             "queued": len(dispatcher.queue) if dispatcher else 0,
             "held": dispatcher.held if dispatcher else 0,
+            "messages_dropped": supervisor.router.dropped_total,
+            "state_bytes": supervisor.state_store.used_bytes,
+            "state_keys": len(supervisor.state_store),
         },
         "responses": {str(code): count for code, count in sorted(statuses.items())},
         "latency": {

@@ -14,11 +14,13 @@ from tests.helpers import PROBE, RawClient, RRProxy, get
 
 RELOAD_APP = """
 import os
+import trio
 from rrproxy import Response
 
 VERSION = "{version}"
 
 async def handler(request):
+    await trio.sleep(0.05)  # a handler that takes time, as real ones do
     return Response(200, f"{{VERSION}} {{os.getpid()}}", [("x-version", VERSION)])
 """
 
@@ -89,7 +91,7 @@ class SteadyLoad:
             client.close()
 
 
-@pytest.mark.parametrize("policy", ["rr", "none"])
+@pytest.mark.parametrize("policy", ["rr", "none", "reuseport"])
 def test_rolling_reload_under_load_loses_nothing_and_serves_new_code(tmp_path: Path, policy):
     app = tmp_path / "reload_app.py"
     app.write_text(RELOAD_APP.format(version="one"))
@@ -105,6 +107,7 @@ def test_rolling_reload_under_load_loses_nothing_and_serves_new_code(tmp_path: P
             time.sleep(0.5)
         assert not load.failures, load.failures[:5]
         assert load.ok > 50
+        assert "Traceback" not in server.output()
         versions = {get(server.port).header("x-version") for _ in range(6)}
         assert versions == {"two!"}
         served_by = {get(server.port).body.split()[-1].decode() for _ in range(6)}
