@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="request line + headers larger than this: 431 and close",
     )
     limits.add_argument(
+        "--max-headers",
+        type=int,
+        default=100,
+        metavar="N",
+        help="header lines in a request (or its trailers) above this: 431 and close",
+    )
+    limits.add_argument(
         "--max-body-size",
         type=_size,
         default="1M",
@@ -311,6 +318,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         keep_alive=args.keep_alive,
         header_timeout=args.header_timeout,
         max_header_size=args.max_header_size,
+        max_headers=args.max_headers,
         max_body_size=args.max_body_size,
         send_timeout=args.send_timeout,
         limit_concurrency=args.limit_concurrency,

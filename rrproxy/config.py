@@ -37,6 +37,8 @@ class WorkerConfig:
     keep_alive: float = 5.0
     header_timeout: float = 10.0
     max_header_size: int = 16 * 1024
+    #: Header lines a request (or its trailers) may have: above it, 431.
+    max_headers: int = 100
     max_body_size: int = 1024 * 1024
     send_timeout: float = 30.0
     #: Per worker: above this many open connections a new one is answered 503.
@@ -133,6 +135,8 @@ class Config:
             raise ConfigError("--timeout must not be negative (0 disables it)")
         if worker.max_header_size < 1024:
             raise ConfigError("--max-header-size must be at least 1K")
+        if worker.max_headers < 1:
+            raise ConfigError("--max-headers must be at least 1")
         if worker.max_body_size < 0:
             raise ConfigError("--max-body-size must not be negative")
         if worker.limit_concurrency is not None and worker.limit_concurrency < 1:

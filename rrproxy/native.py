@@ -29,6 +29,10 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class MalformedBody(Exception):
+    """The request body broke HTTP framing (bad chunk...): answered 400 and closed."""
+
+
 class ClientDisconnected(Exception):
     """The client went away (or stalled past --header-timeout) while the handler was
     reading the request body."""

@@ -15,7 +15,8 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from ..native import BodyTooLarge, ClientDisconnected
+from ..native import BodyTooLarge, ClientDisconnected, MalformedBody
+from ..protocol.framing import FramingError
 from ..protocol.http import http_date, reason
 from ..state import StateFull, StateUnavailable
 
@@ -69,6 +70,7 @@ class HTTPCycle:
 
     __slots__ = (
         "_done",
+        "bad_request",
         "body_done",
         "body_sent",
         "complete",
@@ -91,6 +93,9 @@ class HTTPCycle:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_sent = 0
         self._done: trio.Event | None = None
+        #: The request body broke HTTP framing: the status to answer (the app is
+        #: told http.disconnect).
+        self.bad_request = 0
 
     def client_gone(self) -> None:
         """The disconnect sweep saw the client leave: receive() says so."""
@@ -108,6 +113,12 @@ class HTTPCycle:
             try:
                 chunk = await connection._read_body_chunk()
             except ClientDisconnected:
+                self.body_done = True
+                return {"type": "http.disconnect"}
+            except (FramingError, MalformedBody) as exc:
+                # As uvicorn: a malformed body is the server's to answer (400), the
+                # app only hears that the client is gone.
+                self.bad_request = exc.status if isinstance(exc, FramingError) else 400
                 self.body_done = True
                 return {"type": "http.disconnect"}
             if chunk is not None:
@@ -207,6 +218,10 @@ async def run_http(connection: HTTPConnection, event: h11.Request) -> bool:
         return False  # the response is partly out: closing tells the client
     finally:
         connection.asgi_cycle = None
+    if cycle.bad_request:
+        if not cycle.head_sent:
+            return await connection._send_error(cycle.bad_request)
+        return False
     if not cycle.head_sent:
         log.error(
             "ASGI app returned without sending a response to %s %s",

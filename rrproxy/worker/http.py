@@ -23,16 +23,17 @@ from ..native import (
     ClientDisconnected,
     Headers,
     InvalidResponse,
+    MalformedBody,
     Request,
     Response,
     coerce_response,
 )
+from ..protocol.framing import FramingError, RequestFraming
 from ..protocol.http import (
     declared_length,
     encode_header_pairs,
     error_body,
     has_header,
-    head_size,
     http_date,
     reason,
 )
@@ -64,11 +65,10 @@ _LINGER_BYTES = 1024 * 1024
 
 _VERSIONS = (b"1.1", b"1.0")
 _H11_DONE = h11.DONE
+#: The request has been read whole (after an Upgrade request, h11 waits in
+#: MIGHT_SWITCH_PROTOCOL until our response says whether it switches).
+_REQUEST_READ = (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
 _NEED_DATA = h11.NEED_DATA
-
-
-class MalformedBody(Exception):
-    """The request body broke HTTP framing (bad chunk...): answered 400 and closed."""
 
 
 class HTTPConnection:
@@ -81,6 +81,7 @@ class HTTPConnection:
         "asgi_cycle",
         "client",
         "conn",
+        "framing",
         "handler_scope",
         "handler_started",
         "idle_scope",
@@ -107,8 +108,11 @@ class HTTPConnection:
             pass  # not TCP (a unix socket in tests): nothing to tune
         self.sock = sock
         self.server = server
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=server.config.max_header_size
+        config = server.config
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_size)
+        #: Every byte from the client passes the strict framing rules before h11.
+        self.framing = RequestFraming(
+            config.max_header_size, config.max_headers, config.max_body_size
         )
         self._on_first_read = on_first_read
         self.idle_scope: trio.CancelScope | None = None
@@ -173,7 +177,21 @@ class HTTPConnection:
             view = memoryview(view)[sent:]
 
     async def _receive_more(self) -> None:
-        self.conn.receive_data(await self._recv())
+        """More bytes for h11, through the framing checks. A framing error ahead of
+        what h11 has already consumed is raised here, when h11 needs those bytes."""
+        framing = self.framing
+        if framing.error is not None:
+            raise framing.error
+        data = await self._recv()
+        if not data:
+            framing.feed(b"")
+            self.conn.receive_data(b"")
+            return
+        validated = framing.feed(data)
+        if validated:
+            self.conn.receive_data(validated)
+        elif framing.error is not None:
+            raise framing.error
 
     # --- the connection loop ---------------------------------------------------
 
@@ -183,6 +201,10 @@ class HTTPConnection:
             await self._serve()
         except (OSError, ClientDisconnected):
             pass  # the client went away; nothing to answer
+        except Exception:
+            # A bug of ours (or an h11 error we did not foresee): this connection
+            # ends, the worker and its other connections go on.
+            log.exception("internal error on a connection from %s; closing it", self.client)
         finally:
             server.connection_closed(self)
             # A connection given up before its first read still owes the front an
@@ -213,7 +235,7 @@ class HTTPConnection:
                 if info.client is not None:
                     self.client = info.client
                 if buffer[used:]:
-                    self.conn.receive_data(buffer[used:])
+                    self.conn.receive_data(self.framing.feed(buffer[used:]))
                 return True
         return False
 
@@ -248,6 +270,11 @@ class HTTPConnection:
             if not await self._handle(event):
                 return
             self.conn.start_next_cycle()
+            if self.framing.holding:
+                # An Upgrade request answered normally: the bytes after it are HTTP.
+                resumed = self.framing.resume()
+                if resumed:
+                    self.conn.receive_data(resumed)
             burst += 1
             if burst >= _FAIRNESS_BURST:
                 burst = 0
@@ -255,8 +282,13 @@ class HTTPConnection:
 
     async def _next_request(self, config: Any) -> h11.Request | None:
         """Wait for the next request's head, enforcing the keep-alive and header
-        timeouts and answering protocol errors. None means: close quietly."""
+        timeouts and answering protocol errors. None means: close quietly.
+
+        The header timeout bounds the whole head, from its first byte (or from the
+        connection's start, for its first request), not each read: a client that
+        drips a byte a second still runs out of time (Node's headersTimeout)."""
         conn = self.conn
+        deadline = trio.current_time() + config.header_timeout if not self.requests else None
         while True:
             try:
                 event = conn.next_event()
@@ -264,29 +296,37 @@ class HTTPConnection:
                 await self._send_error(exc.error_status_hint)
                 return None
             if event is _NEED_DATA:
-                idle = self.requests > 0 and not conn.trailing_data[0]
-                timeout = config.keep_alive if idle else config.header_timeout
-                if idle and self.server.draining:
-                    timeout = min(timeout, DRAIN_IDLE_GRACE)
-                with trio.move_on_after(timeout) as scope:
+                if self.framing.error is not None:
+                    await self._send_error(self.framing.error.status)
+                    return None
+                started = bool(conn.trailing_data[0]) or self.framing.partial
+                if deadline is None and started:
+                    deadline = trio.current_time() + config.header_timeout
+                idle = deadline is None
+                if idle:
+                    timeout = config.keep_alive
+                    if self.server.draining:
+                        timeout = min(timeout, DRAIN_IDLE_GRACE)
+                    wait_until = trio.current_time() + timeout
+                else:
+                    wait_until = deadline
+                with trio.move_on_at(wait_until) as scope:  # type: ignore[arg-type]
                     if idle:
                         self.idle_scope = scope
                     try:
                         await self._receive_more()
+                    except FramingError as exc:
+                        await self._send_error(exc.status)
+                        return None
                     finally:
                         self.idle_scope = None
                 if scope.cancelled_caught:
-                    if idle or not conn.trailing_data[0]:
+                    if idle or not (conn.trailing_data[0] or self.framing.partial):
                         return None  # idle keep-alive expired (or drained): just close
                     await self._send_error(408)
                     return None
                 continue
             if type(event) is h11.Request:
-                # h11 bounds only an *incomplete* head; one that arrived whole in a
-                # single read can be larger than the limit, so measure it too.
-                if head_size(event) > config.max_header_size:
-                    await self._send_error(431)
-                    return None
                 if event.http_version not in _VERSIONS:
                     await self._send_error(505)
                     return None
@@ -342,6 +382,9 @@ class HTTPConnection:
         except MalformedBody:
             await self._send_error(400)
             return False
+        except FramingError as exc:
+            await self._send_error(exc.status)
+            return False
         except (StateUnavailable, StateFull) as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
             code = 507 if isinstance(exc, StateFull) else 503
@@ -356,9 +399,12 @@ class HTTPConnection:
             response = self._internal_error(exc)
         finally:
             self.handler_scope = None
-        if self.conn.their_state is h11.ERROR:
+        if self.conn.their_state is h11.ERROR or (
+            self.framing.error is not None and self.conn.their_state is h11.SEND_BODY
+        ):
             # The body was malformed and the handler swallowed the error.
-            await self._send_error(400)
+            error = self.framing.error
+            await self._send_error(error.status if error is not None else 400)
             return False
         return await self._send_response(response, event.method == b"HEAD")
 
@@ -408,7 +454,7 @@ class HTTPConnection:
                         conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                     )
                 with trio.move_on_after(self.server.config.header_timeout) as scope:
-                    await self._receive_more()
+                    await self._receive_more()  # FramingError: the body broke the rules
                 if scope.cancelled_caught:
                     raise ClientDisconnected("timed out reading the request body")
                 continue
@@ -450,7 +496,7 @@ class HTTPConnection:
                 self._discard_buffered_body()
             if not has_header(headers, b"content-length"):
                 headers.append((b"content-length", str(len(body)).encode("ascii")))
-        if server.draining or (not streaming and conn.their_state is not _H11_DONE):
+        if server.draining or (not streaming and conn.their_state not in _REQUEST_READ):
             headers.append((b"connection", b"close"))
         headers.append((b"date", http_date()))
         try:

@@ -164,8 +164,12 @@ class WebSocketSession:
             )
         )
         await connection._sendall(data)
+        # What the client sent after its upgrade request is WebSocket frames: the
+        # framing checks held it back from h11 (as raw bytes) until now.
         trailing, _ = conn.trailing_data
-        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        self.ws = Connection(
+            ConnectionType.SERVER, trailing_data=trailing + connection.framing.held()
+        )
         self.accepted = True
         connection._finished(101, 0)
         assert self._nursery is not None

@@ -1,0 +1,348 @@
+"""Strict HTTP/1.1 request framing, checked before h11 sees a byte.
+
+h11 is lenient where leniency lets requests be smuggled past a proxy: it takes a bare
+LF as a line end, merges obs-fold lines into the header before them, accepts
+Content-Length and Transfer-Encoding together, and `5, 5` as a length. A server
+behind a proxy that frames the other way serves a request the proxy never saw. So
+the bytes from the socket go through `RequestFraming` first, the way llhttp and
+gunicorn judge them (RFC 9112): it finds where each request ends by the strict rules,
+rejects anything the rules do not allow, and hands h11 only bytes it has validated
+(chunk headers rewritten canonically, so h11 can only agree). h11 still parses them
+into events; nothing here builds requests.
+
+I/O-free: bytes in, validated bytes out; a violation becomes `error` (a
+`FramingError` with the status to answer), raised by the connection only once h11
+has consumed the valid bytes before it, so pipelined requests ahead of a bad one are
+still answered.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: RFC 9110 §5.6.2 token.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+#: One header line: a token, a colon right after it (no whitespace: RFC 9112 §5.1),
+#: then a value of field-vchars, SP and HTAB (obs-text allowed; controls are not).
+_FIELD_LINE = rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)"
+_FIELD_BLOCK = re.compile(_FIELD_LINE + rb"*")
+#: The header values framing depends on, found in a block that is already valid.
+_FRAMING_FIELDS = re.compile(
+    rb"^(content-length|transfer-encoding|host|upgrade):[\t ]*(.*?)[\t ]*\r$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+_CODING = re.compile(rb"[\t ]*(" + _TOKEN + rb")[\t ]*")
+#: RFC 3986 uri-host (reg-name or IP literal) and an optional port.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]*")
+#: RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF; chunk-ext is
+#: *( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] ), ext-value a token or a
+#: quoted-string. More than 16 hex digits would overflow 64 bits.
+_QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
+_CHUNK_EXT = (
+    rb"(?:[\t ]*;[\t ]*" + _TOKEN + rb"(?:[\t ]*=[\t ]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+_CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT + rb"\r\n")
+_MAX_CHUNK_LINE = 4096
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
+
+
+class FramingError(Exception):
+    """The request breaks the framing rules; answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# Parser states.
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _HOLD, _FAILED = range(8)
+
+
+class RequestFraming:
+    """Validates a connection's request stream; see the module docstring."""
+
+    __slots__ = (
+        "_buffer",
+        "_remaining",
+        "_state",
+        "_upgrade",
+        "error",
+        "max_body",
+        "max_head",
+        "max_headers",
+    )
+
+    def __init__(self, max_head: int, max_headers: int, max_body: int) -> None:
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self._buffer = b""
+        self._state = _HEAD
+        self._remaining = 0
+        self._upgrade = False
+        #: Set once the stream breaks the rules: everything before it was returned.
+        self.error: FramingError | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Bytes of an unfinished request head are waiting here (the client is
+        sending a request, not idling)."""
+        return self._state == _HEAD and bool(self._buffer)
+
+    @property
+    def holding(self) -> bool:
+        return self._state == _HOLD
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes from the socket (b"" at EOF) in; the validated bytes for h11 out."""
+        if self._state == _FAILED:
+            return b""
+        if not data:
+            if self._buffer.strip(b"\r\n") and self._state != _HOLD:
+                self._fail(400, "the connection closed in the middle of a request")
+            return b""
+        self._buffer = self._buffer + data if self._buffer else data
+        if self._state == _HOLD:
+            return b""
+        return self._advance()
+
+    def held(self) -> bytes:
+        """After an upgrade request: the raw bytes that followed it (the new
+        protocol's), handed over once the upgrade is accepted."""
+        data, self._buffer = self._buffer, b""
+        return data
+
+    def resume(self) -> bytes:
+        """The upgrade was declined: go on with HTTP; validated bytes for h11."""
+        if self._state != _HOLD:
+            return b""
+        self._state = _HEAD
+        return self._advance()
+
+    # --- the state machine -------------------------------------------------------
+
+    def _fail(self, status: int, reason: str) -> None:
+        self.error = FramingError(status, reason)
+        self._state = _FAILED
+        self._buffer = b""
+
+    def _advance(self) -> bytes:
+        out: list[bytes] = []
+        try:
+            while self._buffer:
+                state = self._state
+                if state == _HEAD:
+                    if not self._head(out):
+                        break
+                elif state == _BODY:
+                    self._body(out)
+                elif state == _CHUNK_SIZE:
+                    if not self._chunk_size(out):
+                        break
+                elif state == _CHUNK_DATA:
+                    self._chunk_data(out)
+                elif state == _CHUNK_END:
+                    if not self._chunk_end(out):
+                        break
+                elif state == _TRAILERS:
+                    if not self._trailers(out):
+                        break
+                else:  # _HOLD or _FAILED
+                    break
+        except FramingError as exc:
+            self._fail(exc.status, str(exc))
+        return b"".join(out)
+
+    def _message_done(self) -> None:
+        self._state = _HOLD if self._upgrade else _HEAD
+
+    def _head(self, out: list[bytes]) -> bool:
+        buffer = self._buffer
+        if buffer[:1] in (b"\r", b"\n"):
+            # RFC 9112 §2.2: ignore empty lines (CRLF) before a request line.
+            buffer = self._buffer = buffer[_EMPTY_LINES.match(buffer).end() :]  # type: ignore[union-attr]
+            if buffer[:1] == b"\n" or (buffer[:1] == b"\r" and len(buffer) > 1):
+                raise FramingError(400, "a bare LF or CR before the request line")
+            if len(buffer) < 2:
+                return False
+        end = buffer.find(b"\r\n\r\n")
+        scanned = buffer if end < 0 else buffer[: end + 4]
+        # A bare LF or CR anywhere in the head: reject now, not once the head "ends"
+        # (a client using bare LF never sends CRLF CRLF).
+        crlf = scanned.count(b"\r\n")
+        if scanned.count(b"\n") != crlf or scanned.count(b"\r") - scanned.endswith(b"\r") != crlf:
+            raise FramingError(400, "a line in the request head does not end with CRLF")
+        if end < 0:
+            if len(buffer) > self.max_head:
+                line_end = buffer.find(b"\r\n")
+                if line_end < 0 or line_end > self.max_head:
+                    raise FramingError(414, "the request line is longer than the limit")
+                raise FramingError(431, "the request head is larger than the limit")
+            return False
+        head = buffer[: end + 4]
+        if len(head) > self.max_head:
+            if buffer.find(b"\r\n") > self.max_head:
+                raise FramingError(414, "the request line is longer than the limit")
+            raise FramingError(431, "the request head is larger than the limit")
+        self._validate_head(head)
+        self._buffer = buffer[end + 4 :]
+        out.append(head)
+        return True
+
+    def _validate_head(self, head: bytes) -> None:
+        line_end = head.find(b"\r\n")
+        request_line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+        if request_line is None:
+            raise FramingError(400, "malformed request line")
+        method, target, major, minor = request_line.groups()
+        if (major, minor) not in ((b"1", b"1"), (b"1", b"0")):
+            raise FramingError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+        block = head[line_end + 2 : -2]
+        if _FIELD_BLOCK.fullmatch(block) is None:
+            raise FramingError(400, "malformed header line (obs-fold, space before colon...)")
+        if block.count(b"\r\n") > self.max_headers:
+            raise FramingError(431, "too many header lines")
+        if method == b"CONNECT":
+            raise FramingError(501, "CONNECT is not supported (rrproxy does not tunnel)")
+        if target[:1] != b"/":
+            if target == b"*":
+                if method != b"OPTIONS":
+                    raise FramingError(400, "the asterisk form is for OPTIONS only")
+            elif _ABSOLUTE_FORM.fullmatch(target) is None:
+                raise FramingError(400, "malformed request target")
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        hosts: list[bytes] = []
+        upgrade = False
+        for name, value in _FRAMING_FIELDS.findall(block):
+            first = name[:1].lower()
+            if first == b"c":
+                lengths.append(value)
+            elif first == b"t":
+                codings.append(value)
+            elif first == b"h":
+                hosts.append(value)
+            else:
+                upgrade = True
+        http11 = minor == b"1"
+        if len(hosts) > 1 or (http11 and not hosts):
+            raise FramingError(400, "an HTTP/1.1 request needs exactly one Host header")
+        if hosts and _HOST.fullmatch(hosts[0]) is None:
+            raise FramingError(400, "malformed Host header")
+        self._upgrade = upgrade
+        if codings:
+            if lengths:
+                raise FramingError(400, "both Content-Length and Transfer-Encoding")
+            if not http11:
+                raise FramingError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if len(codings) > 1:
+                raise FramingError(400, "more than one Transfer-Encoding header")
+            self._check_codings(codings[0])
+            self._state = _CHUNK_SIZE
+            return
+        if len(lengths) > 1:
+            raise FramingError(400, "more than one Content-Length header")
+        if lengths:
+            if _CONTENT_LENGTH.fullmatch(lengths[0]) is None:
+                raise FramingError(400, "malformed Content-Length")
+            self._remaining = int(lengths[0])
+            if self._remaining:
+                self._state = _BODY
+                return
+        self._message_done()
+
+    @staticmethod
+    def _check_codings(value: bytes) -> None:
+        codings = []
+        for element in value.split(b","):
+            match = _CODING.fullmatch(element)
+            if match is None:
+                raise FramingError(400, "malformed Transfer-Encoding")
+            codings.append(match.group(1).lower())
+        # RFC 9112 §6.3: chunked must be the final coding, and only once.
+        if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+            raise FramingError(400, "chunked is not the final transfer coding")
+        if len(codings) > 1:
+            raise FramingError(501, "only the chunked transfer coding is supported")
+
+    def _body(self, out: list[bytes]) -> None:
+        take = self._buffer[: self._remaining]
+        self._buffer = self._buffer[len(take) :]
+        self._remaining -= len(take)
+        out.append(take)
+        if not self._remaining:
+            self._message_done()
+
+    def _chunk_size(self, out: list[bytes]) -> bool:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            if b"\n" in buffer or len(buffer) > _MAX_CHUNK_LINE:
+                raise FramingError(400, "malformed chunk header")
+            return False
+        match = _CHUNK_HEADER.fullmatch(buffer, 0, end + 2)
+        if match is None:
+            raise FramingError(400, "malformed chunk header")
+        size = int(match.group(1), 16)
+        if size > self.max_body:
+            raise FramingError(413, "a chunk larger than the body limit")
+        self._buffer = buffer[end + 2 :]
+        # Canonical for h11 (extensions dropped: nobody sees them anyway).
+        out.append(b"%x\r\n" % size)
+        if size:
+            self._remaining = size
+            self._state = _CHUNK_DATA
+        else:
+            self._state = _TRAILERS
+        return True
+
+    def _chunk_data(self, out: list[bytes]) -> None:
+        take = self._buffer[: self._remaining]
+        self._buffer = self._buffer[len(take) :]
+        self._remaining -= len(take)
+        out.append(take)
+        if not self._remaining:
+            self._state = _CHUNK_END
+
+    def _chunk_end(self, out: list[bytes]) -> bool:
+        buffer = self._buffer
+        if len(buffer) < 2:
+            if buffer != b"\r":
+                raise FramingError(400, "chunk data not followed by CRLF")
+            return False
+        if buffer[:2] != b"\r\n":
+            raise FramingError(400, "chunk data not followed by CRLF")
+        self._buffer = buffer[2:]
+        out.append(b"\r\n")
+        self._state = _CHUNK_SIZE
+        return True
+
+    def _trailers(self, out: list[bytes]) -> bool:
+        buffer = self._buffer
+        if buffer[:2] == b"\r\n":
+            end = 0
+        else:
+            end = buffer.find(b"\r\n\r\n")
+            scanned = buffer if end < 0 else buffer[: end + 4]
+            crlf = scanned.count(b"\r\n")
+            bare_cr = scanned.count(b"\r") - scanned.endswith(b"\r") != crlf
+            if scanned.count(b"\n") != crlf or bare_cr:
+                raise FramingError(400, "a trailer line does not end with CRLF")
+            if end < 0:
+                if len(buffer) > self.max_head:
+                    raise FramingError(431, "trailers larger than the limit")
+                return False
+            block = buffer[: end + 2]
+            if _FIELD_BLOCK.fullmatch(block) is None:
+                raise FramingError(400, "malformed trailer line")
+            if len(block) > self.max_head or block.count(b"\r\n") > self.max_headers:
+                raise FramingError(431, "trailers larger than the limit")
+            end += 2
+        # Trailers are validated and dropped (no interface passes them on).
+        self._buffer = buffer[end + 2 :]
+        out.append(b"\r\n")
+        self._message_done()
+        return True
