@@ -1,0 +1,234 @@
+"""The strict framing checks with plain bytes: what they pass to h11, what they
+reject (with which status), and a differential test against llhttp (Node's parser,
+through httptools): wherever the two disagree on where a request ends, rrproxy
+must reject it."""
+
+from __future__ import annotations
+
+import os
+
+import h11
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .framing import FramingError, RequestFraming
+
+LIMIT = 16 * 1024
+
+
+def framing() -> RequestFraming:
+    return RequestFraming(LIMIT, 100, 1024 * 1024)
+
+
+def test_valid_requests_pass_through_unchanged():
+    data = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    gate = framing()
+    assert gate.feed(data) == data
+    assert gate.messages == 2 and gate.error is None
+
+
+def test_byte_by_byte_gives_the_same_bytes():
+    data = b"\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    gate = framing()
+    out = b"".join(gate.feed(data[i : i + 1]) for i in range(len(data)))
+    assert out == data.lstrip(b"\r\n") and gate.messages == 1 and gate.error is None
+
+
+def test_chunk_headers_are_made_canonical_and_trailers_dropped():
+    data = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;name="quoted;value"\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n'
+    )
+    out = framing().feed(data)
+    assert out.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET / HTTP/1.1\nHost: x\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n Folded: yes\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n"
+            b"\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /" + b"a" * LIMIT + b" HTTP/1.1\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBig: " + b"a" * LIMIT + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"A: b\r\n" * 101 + b"\r\n", 431),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"10000000000000000\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\x01\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nA: b\nC: d\r\n\r\n",
+            400,
+        ),
+    ],
+)
+def test_violations_are_rejected_with_their_status(data: bytes, status: int):
+    gate = framing()
+    gate.feed(data)
+    assert isinstance(gate.error, FramingError)
+    assert gate.error.status == status
+
+
+def test_a_bad_request_behind_a_good_one_keeps_the_good_one():
+    good = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+    gate = framing()
+    assert gate.feed(good + b"GET /two HTTP/1.1\r\nHost: x\r\n Folded\r\n\r\n") == good
+    assert gate.error is not None and gate.error.status == 400
+
+
+def test_bytes_after_an_upgrade_request_are_held_raw():
+    head = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    gate = framing()
+    assert gate.feed(head + b"\x81\x85frame") == head
+    assert gate.holding and gate.held() == b"\x81\x85frame"
+
+
+def test_a_declined_upgrade_goes_on_with_http():
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n"
+    after = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    gate = framing()
+    assert gate.feed(head + after) == head
+    assert gate.resume() == after
+
+
+def test_eof_in_the_middle_of_a_head_is_an_error_but_not_between_requests():
+    gate = framing()
+    gate.feed(b"GET / HTTP/1.1\r\nHo")
+    gate.feed(b"")
+    assert gate.error is not None
+    idle = framing()
+    idle.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.feed(b"")
+    assert idle.error is None
+
+
+# --- differential: rrproxy (framing + h11) against llhttp ----------------------------
+
+
+def rrproxy_first_end(data: bytes) -> int | None:
+    """Where rrproxy says the first request ends (bytes of `data`), None if it
+    answers it with an error."""
+    gate = framing()
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=LIMIT)
+    for i in range(len(data)):
+        validated = gate.feed(data[i : i + 1])
+        if validated:
+            conn.receive_data(validated)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    break
+                if type(event) is h11.EndOfMessage:
+                    return i + 1
+        except h11.RemoteProtocolError:
+            return None
+        if gate.error is not None:
+            return None
+    return None
+
+
+class _Ends:
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def llhttp_first_end(data: bytes) -> int | str | None:
+    """Where llhttp says the first request ends; None if it rejects the framing, or
+    "other" if it rejects something framing does not depend on (its method table,
+    its URL rules)."""
+    ends = _Ends()
+    parser = httptools.HttpRequestParser(ends)
+    for i in range(len(data)):
+        try:
+            parser.feed_data(data[i : i + 1])
+        except (httptools.HttpParserInvalidMethodError, httptools.HttpParserInvalidURLError):
+            return "other"
+        except httptools.HttpParserUpgrade:
+            return "other"
+        except httptools.HttpParserError:
+            return None
+        if ends.done:
+            return i + 1
+    return None
+
+
+SEEDS = [
+    b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n",
+    b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: t\r\n\r\n",
+    b"PUT /x HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
+]
+#: Bytes that matter to framing: line ends, separators, digits, hex, controls.
+SPECIAL = [
+    b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b";", b"=", b'"', b"0", b"5", b"a",
+    b"f", b"\x00", b"\x0b", b"\x7f", b"\xff", b"chunked", b"Content-Length: 3\r\n",
+    b"Transfer-Encoding: chunked\r\n", b"Host: y\r\n", b" chunked", b"\r\n\r\n",
+]  # fmt: skip
+SENTINEL = b"GET /sentinel HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@st.composite
+def mutated_requests(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        # Mostly after the method: llhttp's method table is not framing.
+        first = 0 if draw(st.integers(0, 9)) == 0 else data.find(b" ") + 1
+        at = draw(st.integers(first, len(data)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "case"]))
+        if kind == "insert":
+            data[at:at] = draw(st.sampled_from(SPECIAL))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 3))]
+        elif kind == "replace" and at < len(data):
+            data[at : at + 1] = draw(st.sampled_from(SPECIAL))
+        elif kind == "case" and at < len(data):
+            data[at : at + 1] = bytes(data[at : at + 1]).swapcase()
+    return bytes(data) + SENTINEL
+
+
+EXAMPLES = int(os.environ.get("RRPROXY_FUZZ_EXAMPLES", "3000"))
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("RRPROXY_FUZZ_RANDOM"),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(mutated_requests())
+def test_rrproxy_never_frames_a_request_differently_from_llhttp(data: bytes):
+    ours = rrproxy_first_end(data)
+    if ours is None:
+        return  # rejected: answered 4xx/5xx and closed, whatever llhttp thinks
+    theirs = llhttp_first_end(data)
+    if theirs == "other":
+        return  # llhttp refuses its method or URL, not the framing
+    assert theirs == ours, f"rrproxy ends the request at {ours}, llhttp at {theirs}: {data!r}"
