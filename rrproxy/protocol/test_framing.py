@@ -33,7 +33,10 @@ def test_valid_requests_pass_through_unchanged():
 
 
 def test_byte_by_byte_gives_the_same_bytes():
-    data = b"\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    data = (
+        b"\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
     gate = framing()
     out = b"".join(gate.feed(data[i : i + 1]) for i in range(len(data)))
     assert out == data.lstrip(b"\r\n") and gate.messages == 1 and gate.error is None
@@ -80,7 +83,8 @@ def test_chunk_headers_are_made_canonical_and_trailers_dropped():
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\x01\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", 400),
         (
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nA: b\nC: d\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\nA: b\nC: d\r\n\r\n",
             400,
         ),
     ],

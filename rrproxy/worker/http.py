@@ -487,36 +487,41 @@ class HTTPConnection:
         conn = self.conn
         server = self.server
         body = response.body
+        status = response.status
         headers = encode_header_pairs(response.headers)
         streaming = not isinstance(body, bytes | str | bytearray)
+        # 1xx, 204 and 304 have no body whatever the handler gave (RFC 9110 §6.4.1);
+        # h11 would refuse the bytes after the head went out.
+        bodiless = head or status in (204, 304) or 100 <= status < 200
         if not streaming:
             if isinstance(body, str):
                 body = body.encode("utf-8")
             if conn.their_state is h11.SEND_BODY:
                 self._discard_buffered_body()
-            if not has_header(headers, b"content-length"):
+            if not has_header(headers, b"content-length") and status not in (204, 304):
                 headers.append((b"content-length", str(len(body)).encode("ascii")))
         if server.draining or (not streaming and conn.their_state not in _REQUEST_READ):
             headers.append((b"connection", b"close"))
         headers.append((b"date", http_date()))
         try:
-            status = response.status
-            head_bytes = conn.send(
+            data = conn.send(
                 h11.Response(status_code=status, headers=headers, reason=reason(status))
             )
+            if not streaming:
+                # Built whole before a byte is written: if the handler's headers and
+                # body disagree (a wrong Content-Length), the client still gets a 500.
+                if body and not bodiless:
+                    data += conn.send(h11.Data(data=body))
+                data += conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             log.error("invalid response from the handler: %s", exc)
-            return await self._send_error(500)
+            return await self._send_error(500, written=False)
         if not streaming:
-            if body and not head:
-                data = head_bytes + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-            else:
-                data = head_bytes + conn.send(h11.EndOfMessage())
             await self._sendall(data)
-            self._finished(status, 0 if head else len(body))
+            self._finished(status, 0 if bodiless else len(body))
         else:
-            await self._sendall(head_bytes)
-            sent = await self._stream_body(body, head)
+            await self._sendall(data)
+            sent = await self._stream_body(body, bodiless)
             self._finished(status, max(sent, 0))
             if sent < 0:
                 return False
@@ -536,22 +541,27 @@ class HTTPConnection:
                     if chunk:
                         sent += len(chunk)
                         await self._sendall(conn.send(h11.Data(data=chunk)))
+            end = conn.send(h11.EndOfMessage())
         except (OSError, ClientDisconnected):
             raise
         except Exception:
             # The head is out: the response cannot be turned into a 500 any more.
-            # Closing without the final chunk tells the client it is truncated.
-            log.exception("streaming response body raised; closing the connection")
+            # Closing without the final chunk tells the client it is truncated (also
+            # for h11's LocalProtocolError: a body longer or shorter than the
+            # handler's Content-Length).
+            log.exception("streaming response body failed; closing the connection")
             return -1
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
-        await self._sendall(conn.send(h11.EndOfMessage()))
+        await self._sendall(end)
         return sent
 
-    async def _send_error(self, status: int) -> bool:
-        """Answer an error the client caused (or we did) and close: False always."""
+    async def _send_error(self, status: int, written: bool | None = None) -> bool:
+        """Answer an error the client caused (or we did) and close: False always.
+        `written=False`: nothing of a response has gone out yet, whatever h11's
+        state says (h11 refused the handler's response before a byte was sent)."""
         conn = self.conn
         body = error_body(status)
         headers = [
@@ -560,7 +570,7 @@ class HTTPConnection:
             (b"connection", b"close"),
             (b"date", http_date()),
         ]
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if written is False or conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 data = conn.send(
                     h11.Response(status_code=status, headers=headers, reason=reason(status))

@@ -90,6 +90,15 @@ async def handler(request: Request) -> Response:
                 os.close(fd)
         await trio.sleep(float(_arg(request, "s", "0.05")))
         return Response(200, f"chaos {os.getpid()}\n", _who(request))
+    if path == "/status-with-body":
+        return Response(int(_arg(request, "code", "204")), b"a body that must not go out")
+    if path == "/wrong-length":
+        return Response(200, b"12345", [("content-length", "10")])
+    if path == "/raise-h11":
+        import h11
+
+        kind = _arg(request, "kind", "local")
+        raise h11.LocalProtocolError("x") if kind == "local" else h11.RemoteProtocolError("x")
     if path == "/block":
         time.sleep(float(_arg(request, "s", "1")))
         return Response(200, b"block done\n", _who(request))
