@@ -10,6 +10,7 @@ from typing import NoReturn
 from . import __version__
 from .appload import AppSpecError, parse_app_spec
 from .config import (
+    LOOPS,
     POLICIES,
     Config,
     ConfigError,
@@ -193,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else the native handler API",
     )
     asgi.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="the workers' event loop: auto runs native handlers on trio and ASGI apps on "
+        "asyncio, with uvloop when it is installed (pip install 'rrproxy[uvloop]')",
+    )
+    asgi.add_argument(
         "--lifespan",
         choices=("auto", "on", "off"),
         default="auto",
@@ -334,6 +342,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()
         ),
         interface=args.interface,
+        loop=args.loop,
         lifespan=args.lifespan,
         root_path=args.root_path.rstrip("/"),
         ws_max_size=args.ws_max_size,

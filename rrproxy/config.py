@@ -11,6 +11,7 @@ from dataclasses import dataclass
 #: none: workers accept from one shared socket; reuseport: each worker binds its own
 #: SO_REUSEPORT socket. In both the kernel picks.
 POLICIES = ("rr", "none", "reuseport", "least-conn", "ip-hash")
+LOOPS = ("auto", "trio", "asyncio", "uvloop")
 KERNEL_POLICIES = ("none", "reuseport")
 
 
@@ -64,6 +65,9 @@ class WorkerConfig:
     state: str = "memory"
     #: "auto", "native" or "asgi" (what the app is), and the ASGI options.
     interface: str = "auto"
+    #: The workers' event loop: "auto" (trio for native handlers, asyncio/uvloop for
+    #: ASGI apps), "trio", "asyncio" or "uvloop".
+    loop: str = "auto"
     lifespan: str = "auto"
     root_path: str = ""
     ws_max_size: int = 16 * 1024 * 1024

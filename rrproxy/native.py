@@ -18,24 +18,9 @@ from collections.abc import (
 )
 from typing import Any
 
+from .errors import BodyTooLarge, ClientDisconnected, MalformedBody
+
 HeaderPairs = list[tuple[bytes, bytes]]
-
-
-class BodyTooLarge(Exception):
-    """The request body exceeds --max-body-size; the client is answered 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds the limit of {limit} bytes (--max-body-size)")
-        self.limit = limit
-
-
-class MalformedBody(Exception):
-    """The request body broke HTTP framing (bad chunk...): answered 400 and closed."""
-
-
-class ClientDisconnected(Exception):
-    """The client went away (or stalled past --header-timeout) while the handler was
-    reading the request body."""
 
 
 class Headers(Mapping[str, str]):
@@ -215,3 +200,15 @@ def coerce_response(result: Any) -> Response:
         f"handler returned {type(result).__module__}.{type(result).__qualname__}, "
         "expected Response, str, bytes, dict or list"
     )
+
+
+__all__ = [
+    "BodyTooLarge",
+    "ClientDisconnected",
+    "Headers",
+    "InvalidResponse",
+    "MalformedBody",
+    "Request",
+    "Response",
+    "coerce_response",
+]

@@ -1,7 +1,7 @@
 """`--state redis://host:port/db`: rrproxy.state on a real Redis server.
 
-A small RESP client on trio streams (trio is not asyncio, so asyncio Redis clients
-do not fit), replies parsed by hiredis. Each worker keeps a pool of connections;
+A small RESP client on the worker's event loop (trio or asyncio streams, through the
+worker's Backend), replies parsed by hiredis. Each worker keeps a pool of connections;
 when Redis is down, calls fail at once with StateUnavailable (503) and the pool
 reconnects with a growing delay (0.1 s doubling to 5 s).
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-import trio
 
 from .state import StateError, StateUnavailable
+from .worker.backend import Backend, Stream
 
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 2.0
@@ -58,7 +57,7 @@ def _command(*args: Any) -> bytes:
 
 
 class _Connection:
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.reader = hiredis.Reader()
 
@@ -79,22 +78,21 @@ class _Connection:
 class RedisBackend:
     """Implements the same `request(op, key, value, ttl)` as the memory client."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, backend: Backend) -> None:
         self.options = parse_url(url)
+        self.backend = backend
         self._idle: list[_Connection] = []
-        self._open = 0
-        self._slot = trio.Semaphore(POOL_SIZE)
+        self._in_use = 0
+        self._slot_free = backend.event()
         self._down_until = 0.0
         self._backoff = BACKOFF_INITIAL
 
     async def _connect(self) -> _Connection:
         options = self.options
-        with trio.fail_after(CONNECT_TIMEOUT):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(options["host"], options["port"])
-            if options["tls"]:
-                stream = trio.SSLStream(
-                    stream, ssl.create_default_context(), server_hostname=options["host"]
-                )
+        with self.backend.move_on_after(CONNECT_TIMEOUT):
+            stream = await self.backend.open_tcp_stream(
+                options["host"], options["port"], options["host"] if options["tls"] else None
+            )
             connection = _Connection(stream)
             if options["password"]:
                 auth = ([options["username"]] if options["username"] else []) + [
@@ -103,44 +101,51 @@ class RedisBackend:
                 await connection.call("AUTH", *auth)
             if options["db"]:
                 await connection.call("SELECT", options["db"])
-        return connection
+            return connection
+        raise TimeoutError(f"no connection within {CONNECT_TIMEOUT:g} s") from None
 
     async def _execute(self, *args: Any) -> Any:
-        now = trio.current_time()
+        now = self.backend.current_time()
         if now < self._down_until:
             raise StateUnavailable("redis is unreachable (retrying)")
-        async with self._slot:
-            # A pooled connection may have died with a Redis restart: one retry on a
-            # fresh connection tells that apart from Redis being down.
-            for attempt in (1, 2):
-                connection = self._idle.pop() if self._idle else None
-                reused = connection is not None
-                try:
-                    if connection is None:
-                        connection = await self._connect()
-                    with trio.fail_after(CONNECT_TIMEOUT * 2):
-                        result = await connection.call(*args)
-                except StateError:
-                    if connection is not None:
-                        self._idle.append(connection)
-                    raise
-                except (
-                    OSError,
-                    trio.TooSlowError,
-                    trio.BrokenResourceError,
-                    ConnectionError,
-                    hiredis.ProtocolError,
-                ) as exc:
-                    if connection is not None:
-                        await trio.aclose_forcefully(connection.stream)
-                    if reused and attempt == 1:
-                        continue
-                    self._down_until = trio.current_time() + self._backoff
-                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-                    raise StateUnavailable(f"redis is unreachable: {exc}") from None
-                self._backoff = BACKOFF_INITIAL
-                self._idle.append(connection)
-                return result
+        while self._in_use >= POOL_SIZE:
+            self._slot_free = self.backend.event()
+            await self._slot_free.wait()
+        self._in_use += 1
+        try:
+            return await self._execute_pooled(*args)
+        finally:
+            self._in_use -= 1
+            self._slot_free.set()
+
+    async def _execute_pooled(self, *args: Any) -> Any:
+        # A pooled connection may have died with a Redis restart: one retry on a
+        # fresh connection tells that apart from Redis being down.
+        for attempt in (1, 2):
+            connection = self._idle.pop() if self._idle else None
+            reused = connection is not None
+            try:
+                if connection is None:
+                    connection = await self._connect()
+                with self.backend.move_on_after(CONNECT_TIMEOUT * 2) as scope:
+                    result = await connection.call(*args)
+                if scope.cancelled_caught:
+                    raise TimeoutError("redis did not answer in time")
+            except StateError:
+                if connection is not None:
+                    self._idle.append(connection)
+                raise
+            except Exception as exc:  # OSError, timeouts, hiredis.ProtocolError...
+                if connection is not None:
+                    await _close_quietly(connection.stream)
+                if reused and attempt == 1:
+                    continue
+                self._down_until = self.backend.current_time() + self._backoff
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                raise StateUnavailable(f"redis is unreachable: {exc}") from None
+            self._backoff = BACKOFF_INITIAL
+            self._idle.append(connection)
+            return result
         raise StateUnavailable("redis is unreachable")
 
     async def request(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
@@ -164,6 +169,13 @@ class RedisBackend:
         if op == "expire":
             return bool(await self._execute("PEXPIRE", key, max(1, int((ttl or 0) * 1000))))
         raise StateError(f"unknown operation {op!r}")
+
+
+async def _close_quietly(stream: Stream) -> None:
+    try:
+        await stream.aclose()
+    except Exception:
+        pass
 
 
 def _to_redis(tagged: dict[str, Any]) -> bytes:

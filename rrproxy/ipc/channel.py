@@ -1,19 +1,21 @@
 """WorkerChannel: one private SOCK_SEQPACKET socketpair per worker, messages from
-`messages.py`, file descriptors as SCM_RIGHTS, trio for waiting.
+`messages.py`, file descriptors as SCM_RIGHTS, the event loop (a worker Backend:
+trio in the front, trio or asyncio in a worker) for waiting.
 
 The hot path never waits: sends and receives are first tried without blocking and
-trio is only asked to wait when the kernel says EAGAIN.
+the loop is only asked to wait when the kernel says EAGAIN.
 """
 
 from __future__ import annotations
 
 import array
 import os
+import select
 import socket
+import time
 from collections import deque
 
-import trio
-
+from ..worker.backend import Backend, ResourceClosed
 from . import messages
 from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
 
@@ -69,8 +71,16 @@ class WorkerChannel:
     """
 
     def __init__(
-        self, sock: socket.socket, *, accepts_fds: bool = True, max_backlog: int | None = None
+        self,
+        sock: socket.socket,
+        *,
+        backend: Backend | None = None,
+        accepts_fds: bool = True,
+        max_backlog: int | None = None,
     ) -> None:
+        if backend is None:
+            from ..worker.trio import BACKEND as backend
+        self._backend = backend
         sock.setblocking(False)
         self._sock = sock
         self._buffer = bytearray(MAX_MESSAGE_SIZE + 1)
@@ -83,9 +93,17 @@ class WorkerChannel:
         self.max_backlog = max_backlog
         self.closed = False
         #: Set whenever messages are queued, for the task that owns flush().
-        self.has_backlog = trio.Event()
-        #: trio.current_time() since when messages have been waiting (None: none).
+        self.has_backlog = backend.event()
+        #: The loop's current_time() since when messages have been waiting (None: none).
         self.backlog_since: float | None = None
+
+    def use_backend(self, backend: Backend) -> None:
+        """The event loop to wait with from now on (a worker picks its loop after the
+        handshake, which runs before any loop)."""
+        self._backend = backend
+        self.has_backlog = backend.event()
+        if self._backlog:
+            self.has_backlog.set()
 
     @property
     def backlog_bytes(self) -> int:
@@ -151,7 +169,7 @@ class WorkerChannel:
 
     def _queue(self, data: bytes, fd: int | None) -> None:
         if not self._backlog:
-            self.backlog_since = trio.current_time()
+            self.backlog_since = self._backend.current_time()
         self._backlog.append((data, fd))
         self._backlog_bytes += len(data)
         self.has_backlog.set()
@@ -175,8 +193,8 @@ class WorkerChannel:
                         self.backlog_since = None
                 else:
                     try:
-                        await trio.lowlevel.wait_writable(self._sock)
-                    except trio.ClosedResourceError:
+                        await self._backend.wait_writable(self._sock)
+                    except ResourceClosed:
                         raise ChannelClosed("channel closed") from None
         finally:
             self._flushing = False
@@ -187,7 +205,7 @@ class WorkerChannel:
         main nursery), so a peer that goes away ends only this task, handled."""
         while True:
             await self.has_backlog.wait()
-            self.has_backlog = trio.Event()
+            self.has_backlog = self._backend.event()
             try:
                 await self.flush()
             except ChannelClosed:
@@ -248,6 +266,29 @@ class WorkerChannel:
             )
         return message, (fds[0] if fds else None)
 
+    # --- before any event loop runs (the worker's handshake) -------------------------
+
+    def send_blocking(self, message: Message, timeout: float = 30.0) -> None:
+        """Send, waiting up to `timeout` seconds for room, without an event loop."""
+        data = messages.encode(message)
+        deadline = time.monotonic() + timeout
+        while not self._send_raw(data, None):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [self._sock], [], remaining)[1]:
+                raise ChannelClosed("the peer does not read its channel")
+
+    def receive_blocking(self, timeout: float) -> tuple[Message, int | None] | None:
+        """The next message, waiting up to `timeout` seconds without an event loop;
+        None if none came in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self._receive_raw()
+            if result is not None:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                return None
+
     def receive_nowait(self) -> tuple[Message, int | None] | None:
         """The next message if one is already waiting, else None (never blocks).
         Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
@@ -258,28 +299,28 @@ class WorkerChannel:
     async def receive(self) -> tuple[Message, int | None]:
         """Next message and the fd it carries (the caller owns and must close it).
         Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
+        self._burst += 1
+        if self._burst >= 64:
+            # A peer that floods us must not starve the other tasks: yield now and
+            # then, *before* receiving, so a cancellation there loses no message
+            # (and no fd).
+            self._burst = 0
+            await self._backend.checkpoint()
         while True:
             if self.closed:
                 raise ChannelClosed("channel closed")
             result = self._receive_raw()
             if result is not None:
-                # No cancellable checkpoint here: a message (and its fd) that was
-                # received must reach the caller. Still yield now and then so a peer
-                # that floods us cannot starve the other tasks.
-                self._burst += 1
-                if self._burst >= 64:
-                    self._burst = 0
-                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return result
             self._burst = 0
             try:
-                await trio.lowlevel.wait_readable(self._sock)
-            except trio.ClosedResourceError:
+                await self._backend.wait_readable(self._sock)
+            except ResourceClosed:
                 raise ChannelClosed("channel closed") from None
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        trio.lowlevel.notify_closing(self._sock)
+        self._backend.notify_closing(self._sock)
         self._sock.close()

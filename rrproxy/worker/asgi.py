@@ -1,4 +1,4 @@
-"""ASGI 3: the HTTP cycle and lifespan, on top of the worker's h11 connection.
+"""ASGI 3: the HTTP cycle and lifespan, on the worker's connection, for any backend.
 
 One HTTPCycle per request gives the app `receive` and `send`; the response head and
 the first (often only) body chunk go out in one write, with Content-Length when the
@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import h11
-import trio
 
-from ..native import BodyTooLarge, ClientDisconnected, MalformedBody
-from ..protocol.framing import FramingError
-from ..protocol.http import http_date, reason
+from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
+from ..protocol.http11 import InvalidResponse
 from ..state import StateFull, StateUnavailable
+from .backend import Backend, Event, Queue, QueueClosed
 
 if TYPE_CHECKING:
-    from .http import HTTPConnection
+    from .backend import TaskGroup
+    from .connection import HTTPConnection
 
 log = logging.getLogger("rrproxy.asgi")
 
@@ -37,29 +37,34 @@ class ProtocolViolation(RuntimeError):
     """The app sent ASGI messages out of order or malformed."""
 
 
-def http_scope(connection: HTTPConnection, event: h11.Request, kind: str) -> dict[str, Any]:
+def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> dict[str, Any]:
     server = connection.server
     config = server.config
-    raw_path, _, query = event.target.partition(b"?")
+    raw_path, _, query = request.target.partition(b"?")
+    if raw_path[:1] != b"/" and b"://" in raw_path:
+        # The absolute form (RFC 9112 §3.2.2): the path is what follows the authority.
+        authority_and_path = raw_path.split(b"://", 1)[1]
+        slash = authority_and_path.find(b"/")
+        raw_path = authority_and_path[slash:] if slash >= 0 else b"/"
     root = config.root_path
     path = unquote(raw_path.decode("latin-1"))
     scheme = "http" if kind == "http" else "ws"
     if connection.trust_forwarded:
-        for name, value in event.headers:
+        for name, value in request.headers:
             if name == b"x-forwarded-proto" and value.lower() in (b"https", b"wss"):
                 scheme = "https" if kind == "http" else "wss"
     return {
         "type": kind,
         "asgi": ASGI_VERSION,
-        "http_version": event.http_version.decode("ascii"),
-        "method": event.method.decode("ascii"),
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
         "scheme": scheme,
         "path": root + path if root else path,
         "raw_path": root.encode() + raw_path if root else raw_path,
         "query_string": query,
         "root_path": root,
-        "headers": list(event.headers),
-        "client": connection.effective_client(event),
+        "headers": list(request.headers),
+        "client": connection.effective_client(request),
         "server": connection.server_address(),
         "state": dict(server.asgi_state),
     }
@@ -92,7 +97,7 @@ class HTTPCycle:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_sent = 0
-        self._done: trio.Event | None = None
+        self._done: Event | None = None
         #: The request body broke HTTP framing: the status to answer (the app is
         #: told http.disconnect).
         self.bad_request = 0
@@ -102,23 +107,23 @@ class HTTPCycle:
         self.body_done = True
         self._finished_event().set()
 
-    def _finished_event(self) -> trio.Event:
+    def _finished_event(self) -> Event:
         if self._done is None:
-            self._done = trio.Event()
+            self._done = self.connection.server.backend.event()
         return self._done
 
     async def receive(self) -> Message:
         connection = self.connection
         if not self.body_done:
             try:
-                chunk = await connection._read_body_chunk()
+                chunk = await connection.read_body_chunk()
             except ClientDisconnected:
                 self.body_done = True
                 return {"type": "http.disconnect"}
-            except (FramingError, MalformedBody) as exc:
-                # As uvicorn: a malformed body is the server's to answer (400), the
-                # app only hears that the client is gone.
-                self.bad_request = exc.status if isinstance(exc, FramingError) else 400
+            except MalformedBody as exc:
+                # As uvicorn: a malformed body is the server's to answer, the app
+                # only hears that the client is gone.
+                self.bad_request = exc.status
                 self.body_done = True
                 return {"type": "http.disconnect"}
             if chunk is not None:
@@ -149,94 +154,101 @@ class HTTPCycle:
         body = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
         connection = self.connection
-        conn = connection.conn
-        data = b""
-        if not self.head_sent:
-            headers = self.headers
-            if not more and not any(
-                k in (b"content-length", b"transfer-encoding") for k, _ in headers
-            ):
-                headers.append((b"content-length", str(len(body)).encode("ascii")))
-            if connection.server.draining:
-                headers.append((b"connection", b"close"))
-            headers.append((b"date", http_date()))
-            try:
-                data = conn.send(
-                    h11.Response(
-                        status_code=self.status, headers=headers, reason=reason(self.status)
-                    )
+        core = connection.core
+        try:
+            if not self.head_sent:
+                whole = not more and not any(k == b"transfer-encoding" for k, _ in self.headers)
+                data = core.response(
+                    self.status,
+                    self.headers,
+                    body if whole else None,
+                    head=self.head,
+                    close=connection.server.draining,
                 )
-            except h11.LocalProtocolError as exc:
-                raise ProtocolViolation(f"invalid response head: {exc}") from None
-            self.head_sent = True
-        if body and not self.head:
-            data += conn.send(h11.Data(data=body))
-            self.body_sent += len(body)
-        if not more:
-            data += conn.send(h11.EndOfMessage())
-            self.complete = True
+                self.head_sent = True
+                if whole:
+                    self.body_sent = 0 if self.head else len(body)
+                    self.complete = True
+                elif body and not self.head:
+                    data += core.chunk(body)
+                    self.body_sent += len(body)
+            else:
+                data = b""
+                if body and not self.head:
+                    data = core.chunk(body)
+                    self.body_sent += len(body)
+            if not more and not self.complete:
+                data += core.end()
+                self.complete = True
+        except InvalidResponse as exc:
+            raise ProtocolViolation(f"invalid response: {exc}") from None
         if data:
-            await connection._sendall(data)
+            await connection.send(data)
         if self.complete:
             self._finished_event().set()
 
 
-async def run_http(connection: HTTPConnection, event: h11.Request) -> bool:
+class ASGIAdapter:
+    """Serves requests with an ASGI 3 app (HTTP; WebSocket upgrades)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        from .websocket import WebSocketSession, is_websocket_upgrade
+
+        if is_websocket_upgrade(request):
+            await WebSocketSession(connection, request).run()
+            return False
+        return await run_http(connection, request)
+
+
+async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
     """Serve one request with the ASGI app; True if the connection may continue."""
-    cycle = HTTPCycle(connection, event.method == b"HEAD")
+    cycle = HTTPCycle(connection, request.method == b"HEAD")
     connection.asgi_cycle = cycle
     try:
         await connection.server.handler(
-            http_scope(connection, event, "http"), cycle.receive, cycle.send
+            http_scope(connection, request, "http"), cycle.receive, cycle.send
         )
     except BodyTooLarge:
         if not cycle.head_sent:
-            await connection._send_error(413)
-            return False
+            return await connection.send_error(413)
         return False
-    except (OSError, ClientDisconnected):
+    except ClientDisconnected:
         raise
     except Exception as exc:
+        where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):
-            log.error(
-                "ASGI app broke the protocol on %s %s: %s",
-                event.method.decode(),
-                event.target.decode("latin-1"),
-                exc,
-            )
+            log.error("ASGI app broke the protocol on %s: %s", where, exc)
         else:
-            log.exception(
-                "ASGI app raised on %s %s", event.method.decode(), event.target.decode("latin-1")
-            )
+            log.exception("ASGI app raised on %s", where)
         if not cycle.head_sent:
             if isinstance(exc, StateUnavailable):
-                return await connection._send_error(503)
+                return await connection.send_error(503)
             if isinstance(exc, StateFull):
-                return await connection._send_error(507)
-            response = connection._internal_error(exc)
-            return await connection._send_response(response, cycle.head)
+                return await connection.send_error(507)
+            response = connection.internal_error(exc)
+            return await connection.send_response(response, cycle.head)
         return False  # the response is partly out: closing tells the client
     finally:
         connection.asgi_cycle = None
     if cycle.bad_request:
         if not cycle.head_sent:
-            return await connection._send_error(cycle.bad_request)
+            return await connection.send_error(cycle.bad_request)
         return False
     if not cycle.head_sent:
         log.error(
             "ASGI app returned without sending a response to %s %s",
-            event.method.decode(),
-            event.target.decode("latin-1"),
+            request.method.decode(),
+            request.target.decode("latin-1"),
         )
-        return await connection._send_error(500)
+        return await connection.send_error(500)
     if not cycle.complete:
         log.error("ASGI app returned before finishing its response (more_body=True)")
         return False
-    connection._finished(cycle.status, cycle.body_sent)
-    conn = connection.conn
-    if conn.their_state is h11.SEND_BODY:
-        connection._discard_buffered_body()
-    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+    connection.finished(cycle.status, cycle.body_sent)
+    return True
 
 
 class LifespanFailed(Exception):
@@ -246,23 +258,24 @@ class LifespanFailed(Exception):
 class Lifespan:
     """Runs the app's lifespan protocol in a task of the worker."""
 
-    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any], backend: Backend) -> None:
         self.app = app
         self.mode = mode
         self.state = state
+        self.backend = backend
         self.supported = mode != "off"
-        self._send_to_app, self._app_inbox = trio.open_memory_channel[Message](2)
-        self._startup_done = trio.Event()
-        self._shutdown_done = trio.Event()
+        self._inbox = Queue(backend)
+        self._startup_done = backend.event()
+        self._shutdown_done = backend.event()
         self._failure: str | None = None
         self._sent_anything = False
 
-    async def startup(self, nursery: trio.Nursery, timeout: float) -> None:
+    async def startup(self, tasks: TaskGroup, timeout: float) -> None:
         if not self.supported:
             return
-        nursery.start_soon(self._run)
-        await self._send_to_app.send({"type": "lifespan.startup"})
-        with trio.move_on_after(timeout) as scope:
+        tasks.start_soon(self._run)
+        self._inbox.put({"type": "lifespan.startup"})
+        with self.backend.move_on_after(timeout) as scope:
             await self._startup_done.wait()
         if scope.cancelled_caught:
             raise LifespanFailed(f"lifespan startup did not complete within {timeout:g} s")
@@ -270,13 +283,10 @@ class Lifespan:
             raise LifespanFailed(self._failure)
 
     async def shutdown(self, timeout: float) -> None:
-        if not self.supported or self._failure is not None:
+        if not self.supported or self._failure is not None or self._inbox.closed:
             return
-        try:
-            await self._send_to_app.send({"type": "lifespan.shutdown"})
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        with trio.move_on_after(timeout):
+        self._inbox.put({"type": "lifespan.shutdown"})
+        with self.backend.move_on_after(timeout):
             await self._shutdown_done.wait()
 
     async def _run(self) -> None:
@@ -295,11 +305,16 @@ class Lifespan:
                 log.exception("ASGI lifespan raised")
                 self._failure = f"lifespan raised {type(exc).__name__}: {exc}"
         finally:
+            self._inbox.close()
             self._startup_done.set()
             self._shutdown_done.set()
 
     async def _receive(self) -> Message:
-        return await self._app_inbox.receive()
+        try:
+            message: Message = await self._inbox.get()
+        except QueueClosed:
+            raise ProtocolViolation("lifespan receive() after the lifespan ended") from None
+        return message
 
     async def _send(self, message: Message) -> None:
         self._sent_anything = True
@@ -317,4 +332,4 @@ class Lifespan:
             raise ProtocolViolation(f"unexpected lifespan message {kind!r}")
 
 
-__all__ = ["HTTPCycle", "Lifespan", "LifespanFailed", "run_http"]
+__all__ = ["ASGIAdapter", "HTTPCycle", "Lifespan", "LifespanFailed", "run_http"]

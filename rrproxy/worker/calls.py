@@ -8,9 +8,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
-
 from ..ipc.messages import Message, Reply
+from .backend import Backend, Event
 
 
 class CallFailed(Exception):
@@ -28,14 +27,15 @@ class CallUnanswered(Exception):
 class _Pending:
     __slots__ = ("done", "reply")
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
+    def __init__(self, done: Event) -> None:
+        self.done = done
         self.reply: Reply | None = None
 
 
 class FrontCalls:
-    def __init__(self, send: Callable[[Message], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[Message], Awaitable[None]], backend: Backend) -> None:
         self._send = send
+        self._backend = backend
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._gone: str | None = None
@@ -46,10 +46,10 @@ class FrontCalls:
         if self._gone is not None:
             raise CallUnanswered(self._gone)
         request_id = next(self._ids)
-        pending = _Pending()
+        pending = _Pending(self._backend.event())
         self._pending[request_id] = pending
         try:
-            with trio.move_on_after(timeout):
+            with self._backend.move_on_after(timeout):
                 try:
                     await self._send(build(request_id))
                 except Exception as exc:

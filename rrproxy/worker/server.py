@@ -1,5 +1,6 @@
 """WorkerServer: the worker's connections, counters and drain, independent of where
-connections come from (handed over by the front, or accepted from a shared socket)."""
+connections come from (handed over by the front, or accepted from a shared socket)
+and of the event loop (the backend's primitives only)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import logging
 import socket
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-import trio
+import h11
 
 from ..config import WorkerConfig
 from ..ipc.messages import LATENCY_BUCKETS
-from .http import DRAIN_IDLE_GRACE, HTTPConnection
+from ..protocol.http11 import Limits
+from .backend import Backend, ResourceClosed, TaskGroup
+from .connection import DRAIN_IDLE_GRACE, HTTPConnection
 
 log = logging.getLogger("rrproxy.worker")
 
@@ -26,6 +29,17 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RESOURCES_OUT = -1
 
 
+class Adapter(Protocol):
+    """How a request reaches the app: native handler, ASGI app (or WSGI)."""
+
+    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool: ...
+
+
+class NativeAdapter:
+    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        return await connection.run_native(request)
+
+
 class WorkerServer:
     def __init__(
         self,
@@ -33,16 +47,17 @@ class WorkerServer:
         worker_id: int,
         handler: Callable[..., Any],
         handler_is_async: bool,
+        backend: Backend,
+        adapter: Adapter | None = None,
         retire_after: int = 0,
-        on_retire: Callable[[str], None] | None = None,
-        interface: str = "native",
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.handler = handler
         self.handler_is_async = handler_is_async
-        #: "native" (Request -> Response) or "asgi" (ASGI 3 app).
-        self.interface = interface
+        self.backend = backend
+        self.adapter: Adapter = adapter or NativeAdapter()
+        self.limits = Limits(config.max_header_size, config.max_headers, config.max_body_size)
         #: The ASGI lifespan state, copied into every request's scope.
         self.asgi_state: dict[str, Any] = {}
         self.draining = False
@@ -55,16 +70,16 @@ class WorkerServer:
         self.latency_sum = 0.0
         #: requests_total at which the worker asks to be replaced (0: never).
         self.retire_after = retire_after
-        self.on_retire = on_retire
+        self.on_retire: Callable[[str], None] | None = None
         #: Called (synchronously) when the first connection arrives: under none and
         #: reuseport the front learns a client reached this worker only this way.
         self.on_first_connection: Callable[[], None] | None = None
-        self._nursery: trio.Nursery | None = None
-        self._all_closed = trio.Event()
+        self._tasks: TaskGroup | None = None
+        self._all_closed = backend.event()
         self._all_closed.set()
         #: Set when connections closed since the last load report.
-        self.load_changed = trio.Event()
-        self._below_cap = trio.Event()
+        self.load_changed = backend.event()
+        self._below_cap = backend.event()
         self._below_cap.set()
 
     def observe(self, status: int, seconds: float) -> None:
@@ -82,16 +97,16 @@ class WorkerServer:
     def connections_active(self) -> int:
         return len(self.connections)
 
-    # --- connection bookkeeping (called by HTTPConnection) ----------------------
+    # --- connection bookkeeping ---------------------------------------------------
 
     def connection_opened(self, connection: HTTPConnection) -> None:
         self.connections.add(connection)
         self.connections_total += 1
         if self._all_closed.is_set():
-            self._all_closed = trio.Event()
+            self._all_closed = self.backend.event()
         cap = self.config.max_connections
         if cap is not None and len(self.connections) >= cap and self._below_cap.is_set():
-            self._below_cap = trio.Event()
+            self._below_cap = self.backend.event()
 
     def connection_closed(self, connection: HTTPConnection) -> None:
         self.connections.discard(connection)
@@ -104,41 +119,58 @@ class WorkerServer:
 
     # --- serving ----------------------------------------------------------------
 
-    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the connection nursery until every connection has ended."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+    def serve_in(self, tasks: TaskGroup) -> None:
+        """Connections run as tasks of `tasks` (the worker's connection group)."""
+        self._tasks = tasks
 
     def start_connection(
         self, sock: socket.socket, on_first_read: Callable[[], None] | None = None
     ) -> None:
-        assert self._nursery is not None
-        connection = HTTPConnection(sock, self, on_first_read)
+        assert self._tasks is not None
+        connection = HTTPConnection(self)
         # Counted now, not when its task first runs: the accept loop's cap and the
         # counts reported to the front must include connections not yet started.
         self.connection_opened(connection)
         if self.connections_total == 1 and self.on_first_connection is not None:
             self.on_first_connection()
-        self._nursery.start_soon(connection.run)
+        self._tasks.start_soon(self._run_connection, connection, sock, on_first_read)
+
+    async def _run_connection(
+        self,
+        connection: HTTPConnection,
+        sock: socket.socket,
+        on_first_read: Callable[[], None] | None,
+    ) -> None:
+        try:
+            transport = await self.backend.open_transport(
+                sock, self.config.send_timeout, on_first_read
+            )
+        except OSError as exc:
+            log.warning("cannot serve a connection: %s", exc)
+            sock.close()
+            if on_first_read is not None:
+                on_first_read()  # the front must not hold its copy forever
+            self.connection_closed(connection)
+            return
+        await connection.run(transport)
 
     async def accept_loop(self, listener: socket.socket) -> None:
         """SCHED_NONE: accept from the shared listening socket. Every worker waits on
         it, and trio's epoll wakes them all (EPOLLONESHOT, not EPOLLEXCLUSIVE); the
         losers see EAGAIN and go back to waiting."""
         listener.setblocking(False)
+        backend = self.backend
         while True:
             # At our share of --max-connections, leave new ones in the kernel backlog.
             await self._below_cap.wait()
             try:
-                await trio.lowlevel.wait_readable(listener)
-            except trio.ClosedResourceError:
+                await backend.wait_readable(listener)
+            except ResourceClosed:
                 return
             if self._accept_batch(listener, _ACCEPT_BATCH) == _RESOURCES_OUT:
                 log.warning("accept failed: out of file descriptors or memory; pausing 100 ms")
-                await trio.sleep(0.1)
-            await trio.lowlevel.checkpoint()
+                await backend.sleep(0.1)
+            await backend.checkpoint()
 
     def accept_pending(self, listener: socket.socket) -> None:
         """Accept whatever is already queued on the listener, without waiting."""
@@ -170,10 +202,13 @@ class WorkerServer:
         return accepted
 
     async def sweep_disconnects(self) -> None:
-        """Cancel handlers whose client has gone away (they see trio.Cancelled)."""
+        """Tell handlers whose client has gone away: a native handler is cancelled (it
+        sees the loop's cancellation at its next await), an ASGI app gets
+        http.disconnect from receive()."""
+        backend = self.backend
         while True:
-            await trio.sleep(DISCONNECT_SWEEP_INTERVAL)
-            started_before = trio.current_time() - DISCONNECT_SWEEP_INTERVAL / 2
+            await backend.sleep(DISCONNECT_SWEEP_INTERVAL)
+            started_before = backend.current_time() - DISCONNECT_SWEEP_INTERVAL / 2
             for connection in list(self.connections):
                 started = connection.handler_started
                 if (
@@ -182,34 +217,32 @@ class WorkerServer:
                     and connection.websocket is None
                     and connection.client_gone()
                 ):
-                    scope = connection.handler_scope
-                    if scope is not None:
-                        log.info("client %s went away; cancelling its handler", connection.client)
-                        scope.cancel()
-                    elif connection.asgi_cycle is not None:
+                    if connection.asgi_cycle is not None:
                         log.info(
                             "client %s went away; telling the app (http.disconnect)",
                             connection.client,
                         )
                         connection.asgi_cycle.client_gone()
+                    else:
+                        log.info("client %s went away; cancelling its handler", connection.client)
+                        connection.client_left()
 
     async def drain(self, timeout: float) -> None:
         """Finish in-flight requests (their responses say Connection: close), close
         idle keep-alive connections, and return when none is left or at `timeout`."""
+        backend = self.backend
         self.draining = True
-        deadline = trio.current_time() + DRAIN_IDLE_GRACE
+        deadline = backend.current_time() + DRAIN_IDLE_GRACE
         for connection in list(self.connections):
-            scope = connection.idle_scope
-            if scope is not None and scope.deadline > deadline:
-                scope.deadline = deadline
-        with trio.move_on_after(timeout):
+            connection.drain(deadline)
+        with backend.move_on_after(timeout):
             await self._all_closed.wait()
         sockets = [c.websocket for c in self.connections if c.websocket is not None]
         if sockets:
             # WebSockets outlive any drain: tell their clients to come back (1012).
             for session in sockets:
                 session.close_for_restart()
-            with trio.move_on_after(1.0):
+            with backend.move_on_after(1.0):
                 await self._all_closed.wait()
         if self.connections:
             log.warning(

@@ -14,7 +14,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import h11
-import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -24,11 +23,14 @@ from wsproto.events import (
     TextMessage,
 )
 
-from ..protocol.http import http_date, reason
+from ..errors import ClientDisconnected
+from ..protocol.http11 import InvalidResponse
 from .asgi import ProtocolViolation, http_scope
+from .backend import Queue, QueueClosed
 
 if TYPE_CHECKING:
-    from .http import HTTPConnection
+    from .backend import TaskGroup
+    from .connection import HTTPConnection
 
 log = logging.getLogger("rrproxy.websocket")
 
@@ -50,24 +52,28 @@ class WebSocketSession:
         self.connection = connection
         self.event = event
         self.config = connection.server.config
+        self.backend = connection.server.backend
         self.ws: Connection | None = None
         self.accepted = False
         self.closed = False
         self.denied = False
         self.close_code: int | None = None
         self._connect_sent = False
-        self._to_app, self._inbox = trio.open_memory_channel[dict[str, Any]](16)
+        #: Messages for the app. Bounded by backpressure: the reader waits for the
+        #: app to take them (see _read) rather than queueing without limit.
+        self._inbox = Queue(self.backend)
+        self._taken = self.backend.event()
         self._denial_status = 0
         self._denial_headers: list[tuple[bytes, bytes]] = []
-        self._nursery: trio.Nursery | None = None
-        self._pong = trio.Event()
+        self._tasks: TaskGroup | None = None
+        self._pong = self.backend.event()
 
     # --- the ASGI side -------------------------------------------------------------
 
     async def run(self) -> None:
         headers = dict(self.event.headers)
         if headers.get(b"sec-websocket-version") != b"13" or b"sec-websocket-key" not in headers:
-            await self.connection._send_error(400)
+            await self.connection.send_error(400)
             return
         scope = http_scope(self.connection, self.event, "websocket")
         protocols = headers.get(b"sec-websocket-protocol", b"").decode("latin-1")
@@ -75,12 +81,14 @@ class WebSocketSession:
         scope["extensions"] = {"websocket.http.response": {}}
         self.connection.websocket = self
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            async with self.backend.task_group() as tasks:
+                self._tasks = tasks
                 try:
                     await self.connection.server.handler(scope, self.receive, self.send)
                 except ProtocolViolation as exc:
                     log.error("ASGI app broke the WebSocket protocol: %s", exc)
+                except ClientDisconnected:
+                    pass
                 except Exception:
                     log.exception("ASGI WebSocket app raised")
                     if self.accepted and not self.closed:
@@ -89,19 +97,21 @@ class WebSocketSession:
                     await self._deny(403)
                 elif self.accepted and not self.closed:
                     await self._close(1000, "")
-                nursery.cancel_scope.cancel()
+                tasks.cancel()
         finally:
             self.connection.websocket = None
-            self._to_app.close()
+            self._inbox.close()
 
     async def receive(self) -> dict[str, Any]:
         if not self._connect_sent:
             self._connect_sent = True
             return {"type": "websocket.connect"}
         try:
-            return await self._inbox.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+            message: dict[str, Any] = await self._inbox.get()
+        except QueueClosed:
             return {"type": "websocket.disconnect", "code": self.close_code or 1006}
+        self._taken.set()
+        return message
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -157,52 +167,43 @@ class WebSocketSession:
         if message.get("subprotocol"):
             headers.append((b"sec-websocket-protocol", message["subprotocol"].encode()))
         headers += [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
-        conn = connection.conn
-        data = conn.send(
-            h11.InformationalResponse(
-                status_code=101, headers=headers, reason=b"Switching Protocols"
-            )
-        )
-        await connection._sendall(data)
+        await connection.send(connection.core.informational(101, headers))
         # What the client sent after its upgrade request is WebSocket frames: the
         # framing checks held it back from h11 (as raw bytes) until now.
-        trailing, _ = conn.trailing_data
-        self.ws = Connection(
-            ConnectionType.SERVER, trailing_data=trailing + connection.framing.held()
-        )
+        self.ws = Connection(ConnectionType.SERVER, trailing_data=connection.core.upgraded_data())
         self.accepted = True
-        connection._finished(101, 0)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._read)
+        connection.finished(101, 0)
+        assert self._tasks is not None
+        self._tasks.start_soon(self._read)
         if self.config.ws_ping_interval > 0:
-            self._nursery.start_soon(self._keepalive)
+            self._tasks.start_soon(self._keepalive)
 
     async def _deny(
         self, status: int, body: bytes = b"", headers: list | None = None, more: bool = False
     ) -> None:
         connection = self.connection
-        conn = connection.conn
-        if not self.denied:
-            self.denied = True
-            head = list(headers or [])
-            if not more and not any(k == b"content-length" for k, _ in head):
-                head.append((b"content-length", str(len(body)).encode()))
-            head += [(b"connection", b"close"), (b"date", http_date())]
-            data = conn.send(h11.Response(status_code=status, headers=head, reason=reason(status)))
-            connection._finished(status, len(body))
-        else:
-            data = b""
-        if body:
-            data += conn.send(h11.Data(data=body))
-        if not more:
-            data += conn.send(h11.EndOfMessage())
-        await connection._sendall(data)
+        core = connection.core
+        try:
+            if not self.denied:
+                self.denied = True
+                head = list(headers or [])
+                data = core.response(status, head, None if more else body, close=True)
+                connection.finished(status, len(body))
+                if more and body:
+                    data += core.chunk(body)
+            else:
+                data = core.chunk(body) if body else b""
+                if not more:
+                    data += core.end()
+        except InvalidResponse as exc:
+            raise ProtocolViolation(f"invalid denial response: {exc}") from None
+        await connection.send(data)
 
     async def _write(self, event: Any) -> None:
         assert self.ws is not None
         try:
-            await self.connection._sendall(self.ws.send(event))
-        except OSError:
+            await self.connection.send(self.ws.send(event))
+        except ClientDisconnected:
             self._peer_gone(1006)
 
     async def _close(self, code: int, why: str) -> None:
@@ -214,14 +215,14 @@ class WebSocketSession:
 
     def close_for_restart(self) -> None:
         """Drain timeout reached: tell the client to come back (1012)."""
-        if self._nursery is not None and self.accepted and not self.closed:
-            self._nursery.start_soon(self._close, 1012, "service restart")
+        if self._tasks is not None and self.accepted and not self.closed:
+            self._tasks.start_soon(self._close, 1012, "service restart")
 
     def _peer_gone(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
         self.closed = True
-        self._to_app.close()
+        self._inbox.close()
 
     async def _read(self) -> None:
         ws = self.ws
@@ -229,8 +230,10 @@ class WebSocketSession:
         limit = self.config.ws_max_size
         parts: list[Any] = []
         size = 0
+        io = self.connection.io
+        assert io is not None
         while True:
-            data = await self.connection._recv()
+            data = await io.receive()
             ws.receive_data(data or None)
             for event in ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
@@ -246,10 +249,14 @@ class WebSocketSession:
                         else:
                             message = {"type": "websocket.receive", "bytes": b"".join(parts)}
                         parts, size = [], 0
-                        try:
-                            await self._to_app.send(message)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        if self._inbox.closed:
                             return
+                        self._inbox.put(message)
+                        # Backpressure: a peer faster than the app waits in its
+                        # socket, not in our memory (16 messages at most here).
+                        while len(self._inbox) >= 16 and not self._inbox.closed:
+                            self._taken = self.backend.event()
+                            await self._taken.wait()
                 elif isinstance(event, Ping):
                     await self._write(event.response())
                 elif isinstance(event, Pong):
@@ -266,10 +273,10 @@ class WebSocketSession:
     async def _keepalive(self) -> None:
         interval = self.config.ws_ping_interval
         while not self.closed:
-            await trio.sleep(interval)
-            self._pong = trio.Event()
+            await self.backend.sleep(interval)
+            self._pong = self.backend.event()
             await self._write(Ping(payload=b"rrproxy"))
-            with trio.move_on_after(self.config.ws_ping_timeout) as scope:
+            with self.backend.move_on_after(self.config.ws_ping_timeout) as scope:
                 await self._pong.wait()
             if scope.cancelled_caught and not self.closed:
                 log.info("WebSocket peer did not answer a ping; closing")

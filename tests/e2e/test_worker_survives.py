@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from rrproxy.config import WorkerConfig
-from rrproxy.worker.http import HTTPConnection
+from rrproxy.worker.connection import HTTPConnection
 from rrproxy.worker.server import WorkerServer
+from rrproxy.worker.trio import BACKEND
 from tests.helpers import RawClient, RRProxy, client_per_worker
 
 FAULTY = "tests.apps.faulty:handler"
@@ -84,16 +85,16 @@ class _Broken(Exception):
 async def test_an_exception_escaping_a_connection_ends_only_that_connection(
     error, caplog, monkeypatch
 ):
-    server = WorkerServer(WorkerConfig(app="x:y"), 1, lambda request: "ok", False)
+    server = WorkerServer(WorkerConfig(app="x:y"), 1, lambda request: "ok", False, BACKEND)
     ours, theirs = socket.socketpair()
 
     async def explode(*args: object) -> bool:
         raise error
 
     # Where the response is written: an error there escapes the request's handling.
-    monkeypatch.setattr(HTTPConnection, "_send_response", explode)
+    monkeypatch.setattr(HTTPConnection, "send_response", explode)
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
+        server.serve_in(nursery)  # type: ignore[arg-type]
         server.start_connection(ours)
         theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         with trio.fail_after(5):

@@ -1,0 +1,103 @@
+"""The Backend interface on trio: mostly trio itself, no layer in between."""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+import trio
+
+from ..backend import ResourceClosed, Stream, Transport
+
+T = TypeVar("T")
+
+
+class _TaskGroup:
+    __slots__ = ("_manager", "_nursery")
+
+    def __init__(self) -> None:
+        self._manager = trio.open_nursery()
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> _TaskGroup:
+        self._nursery = await self._manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._manager.__aexit__(*exc)
+
+    def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(function, *args)
+
+    def cancel(self) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+
+class TrioBackend:
+    name = "trio"
+    current_time = staticmethod(trio.current_time)
+    sleep = staticmethod(trio.sleep)
+    sleep_until = staticmethod(trio.sleep_until)
+    checkpoint = staticmethod(trio.lowlevel.checkpoint)
+    event = staticmethod(trio.Event)
+    move_on_after = staticmethod(trio.move_on_after)
+    notify_closing = staticmethod(trio.lowlevel.notify_closing)
+
+    @staticmethod
+    def cancel_scope(deadline: float = math.inf) -> trio.CancelScope:
+        return trio.CancelScope(deadline=deadline)
+
+    @staticmethod
+    def task_group() -> _TaskGroup:
+        return _TaskGroup()
+
+    @staticmethod
+    def is_cancellation(exc: BaseException) -> bool:
+        return isinstance(exc, trio.Cancelled)
+
+    @staticmethod
+    async def wait_readable(sock: Any) -> None:
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            raise ResourceClosed from None
+
+    @staticmethod
+    async def wait_writable(sock: Any) -> None:
+        try:
+            await trio.lowlevel.wait_writable(sock)
+        except trio.ClosedResourceError:
+            raise ResourceClosed from None
+
+    @staticmethod
+    def signal_receiver(*signals: int) -> AbstractContextManager[AsyncIterator[int]]:
+        return trio.open_signal_receiver(*signals)
+
+    @staticmethod
+    async def open_transport(
+        sock: Any, send_timeout: float, on_first_read: Callable[[], None] | None = None
+    ) -> Transport:
+        from .transport import TrioTransport
+
+        return TrioTransport(sock, send_timeout, on_first_read)
+
+    @staticmethod
+    async def open_tcp_stream(host: str, port: int, tls_hostname: str | None = None) -> Stream:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        if tls_hostname is not None:
+            stream = trio.SSLStream(
+                stream, ssl.create_default_context(), server_hostname=tls_hostname
+            )
+        return stream  # type: ignore[return-value]
+
+    @staticmethod
+    def run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.run(main, *args)
+
+
+BACKEND = TrioBackend()

@@ -1,0 +1,296 @@
+"""The Worker: owns the worker's channel to the front, its server, its reports and
+the order of shutdown. Written once for every event loop (the Backend's primitives)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from .. import cluster, state
+from ..config import KERNEL_POLICIES
+from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
+from ..ipc.messages import (
+    ClusterInfo,
+    Failed,
+    Load,
+    Message,
+    NewConn,
+    Poll,
+    ProtocolError,
+    Ready,
+    Rejected,
+    ReopenLogs,
+    Reply,
+    Retire,
+    Stats,
+    Stop,
+    Taken,
+    UserMessage,
+)
+from ..logs import reopen_log_file
+from .asgi import Lifespan, LifespanFailed
+from .backend import Event
+from .calls import CallFailed, CallUnanswered, FrontCalls
+from .server import WorkerServer
+
+log = logging.getLogger("rrproxy.worker")
+
+#: Exit status for "cannot boot" (same convention as gunicorn's WORKER_BOOT_ERROR).
+EXIT_BOOT_ERROR = 3
+#: Minimum time between two Load reports (closes are coalesced in between).
+LOAD_REPORT_INTERVAL = 0.01
+#: How long a cluster message waits for the front to confirm delivery.
+CLUSTER_TIMEOUT = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        channel: WorkerChannel,
+        server: WorkerServer,
+        listener: socket.socket | None,
+        lifespan: Lifespan | None = None,
+    ) -> None:
+        self.lifespan = lifespan
+        self.backend = backend = server.backend
+        host = server.config.bind_host
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.channel = channel
+        self.server = server
+        self.listener = listener
+        self._stop = backend.event()
+        self._stop_timeout = server.config.graceful_timeout
+        self.calls = FrontCalls(channel.send, backend)
+        server.on_retire = self.ask_to_retire
+
+    def ask_to_retire(self, reason: str) -> None:
+        """Ask the front for a replacement; keep serving until it says Stop."""
+        log.info("asking to be replaced: %s", reason)
+        self._answer(Retire(reason))
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        if timeout is not None:
+            self._stop_timeout = timeout
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; the process exit status."""
+        backend = self.backend
+        server = self.server
+        async with backend.task_group() as tasks:
+            cluster.install(self._send_user_message, tasks.start_soon)
+            if server.config.state == "memory":
+                state.install(state.FrontBackend(self.calls))
+            else:
+                from ..redis_state import RedisBackend
+
+                state.install(RedisBackend(server.config.state, backend))
+            tasks.start_soon(self.channel.run_flusher)
+            serving = backend.event()
+            tasks.start_soon(self._serve_connections, serving)
+            await serving.wait()
+            tasks.start_soon(self._read_channel)
+            tasks.start_soon(self._report_stats)
+            if server.config.policy not in KERNEL_POLICIES:
+                # Only the front's own policies use live counts (least-conn,
+                # --limit-concurrency, --max-connections); under none/reuseport the
+                # periodic Stats are enough, but for one Load when the first client
+                # arrives: a worker that served someone never counts toward a
+                # restart storm, even if it dies before its first Stats.
+                tasks.start_soon(self._report_load)
+            else:
+                server.on_first_connection = lambda: self._answer(Load(1))
+            tasks.start_soon(server.sweep_disconnects)
+            tasks.start_soon(self._watch_signals)
+            if self.lifespan is not None:
+                # Before Ready: under rr no connection arrives before startup is done.
+                try:
+                    await self.lifespan.startup(tasks, server.config.graceful_timeout)
+                except LifespanFailed as exc:
+                    await self.channel.send(
+                        Failed("lifespan", f"ASGI lifespan startup failed: {exc}")
+                    )
+                    tasks.cancel()
+                    return EXIT_BOOT_ERROR
+            accept_scope = backend.cancel_scope()
+            accept_done = backend.event()
+            if self.listener is not None:
+                tasks.start_soon(self._accept, accept_scope, accept_done)
+            else:
+                accept_done.set()
+            await self.channel.send(Ready())
+            await self._stop.wait()
+            # Stop taking new connections first (under `none` the shared socket's
+            # queue then belongs to the other workers), then drain what we have. The
+            # accept task owns the listener and closes it itself, once it has
+            # stopped using it: closing it under a woken accept() gave EBADF.
+            accept_scope.cancel()
+            await accept_done.wait()
+            await server.drain(self._stop_timeout)
+            if self.lifespan is not None:
+                await self.lifespan.shutdown(min(self._stop_timeout, 30.0) or 1.0)
+            log.info(
+                "stopped after %d connections, %d requests",
+                server.connections_total,
+                server.requests_total,
+            )
+            self._answer(self._stats())
+            with backend.move_on_after(1.0):
+                try:
+                    await self.channel.flush()
+                except ChannelClosed:
+                    pass
+            tasks.cancel()
+        return 0
+
+    async def _serve_connections(self, serving: Event) -> None:
+        """Connections run in their own task group, so the worker's other tasks and
+        each connection have one owner."""
+        async with self.backend.task_group() as connections:
+            self.server.serve_in(connections)
+            serving.set()
+            await self.backend.event().wait()  # until the worker's group is cancelled
+
+    async def _accept(self, scope: object, done: Event) -> None:
+        listener = self.listener
+        assert listener is not None
+        try:
+            with scope:  # type: ignore[attr-defined]
+                await self.server.accept_loop(listener)
+            if self.server.config.policy == "reuseport":
+                # Our own queue: what the kernel already put in it is served here
+                # (with Connection: close) rather than reset when the socket closes.
+                self.server.accept_pending(listener)
+        finally:
+            self.backend.notify_closing(listener)
+            listener.close()
+            done.set()
+
+    def _stats(self) -> Stats:
+        server = self.server
+        return Stats(
+            server.connections_total,
+            server.connections_active,
+            server.requests_total,
+            {str(code): count for code, count in server.statuses.items()},
+            list(server.latency_counts),
+            server.latency_sum,
+        )
+
+    def _answer(self, message: Taken | Rejected | Stats | Load | Retire) -> None:
+        """Send from synchronous code; if the front's queue is full, the flusher
+        task sends it when there is room (order kept)."""
+        try:
+            self.channel.send_nowait(message)
+        except ChannelClosed:
+            pass
+
+    async def _report_stats(self) -> None:
+        # Sent from the event loop on purpose: it is also the heartbeat, so a loop
+        # blocked by a handler falls silent and the front can tell.
+        interval = self.server.config.stats_interval
+        while not self.channel.closed:
+            await self.backend.sleep(interval)
+            self._answer(self._stats())
+
+    async def _report_load(self) -> None:
+        """Tell the front when connections close, one message per burst of closes:
+        it needs current counts for --max-connections and --limit-concurrency."""
+        server = self.server
+        while not self.channel.closed:
+            await server.load_changed.wait()
+            server.load_changed = self.backend.event()
+            self._answer(Load(server.connections_active))
+            # Closes in the next moment go into the next report: at most one Load
+            # per LOAD_REPORT_INTERVAL, well inside the front's HOLD_FOR_ROOM.
+            await self.backend.sleep(LOAD_REPORT_INTERVAL)
+
+    async def _watch_signals(self) -> None:
+        with self.backend.signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                log.info("SIGTERM: draining")
+                self.request_stop()
+
+    async def _read_channel(self) -> None:
+        channel = self.channel
+        while True:
+            try:
+                message, fd = await channel.receive()
+            except ChannelClosed:
+                self.calls.fail_all("the front process went away")
+                # The front is gone: no orphans. Finish what we have and exit.
+                if not self._stop.is_set():
+                    log.warning("front process went away; draining and exiting")
+                self.request_stop()
+                return
+            except FdLost as exc:
+                # Out of fds: give the connection back; the front still holds it.
+                log.warning("out of file descriptors: returning a connection to the front")
+                if isinstance(exc.message, NewConn):
+                    self._answer(Rejected(exc.message.conn_id))
+                continue
+            except ProtocolError as exc:
+                log.error("invalid message from the front: %s", exc)
+                continue
+            self._handle(message, fd)
+
+    def _handle(self, message: Message, fd: int | None) -> None:
+        server = self.server
+        match message:
+            case NewConn(conn_id=conn_id):
+                assert fd is not None
+                if server.draining:
+                    os.close(fd)
+                    self._answer(Rejected(conn_id))
+                    return
+                try:
+                    # Family, type and protocol given, not probed: three syscalls fewer
+                    # per connection, and TCP is explicit (see the TCP_NODELAY trap).
+                    sock = socket.socket(
+                        self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd
+                    )
+                    # Trap: a socket rebuilt from a received fd may not carry its
+                    # protocol; without TCP_NODELAY, Nagle plus delayed ACK adds ~40 ms
+                    # per response.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError as exc:
+                    log.error("received an unusable connection fd: %s", exc)
+                    os.close(fd)
+                    self._answer(Taken(conn_id, server.connections_active))
+                    return
+                server.start_connection(sock, self._ack(conn_id))
+            case Stop(timeout=timeout):
+                self.request_stop(timeout)
+            case Poll():
+                self._answer(self._stats())
+            case UserMessage(payload=payload, sender=sender):
+                cluster._dispatch(payload, sender)
+            case ClusterInfo(worker_count=count):
+                cluster.worker_count = count
+            case ReopenLogs():
+                reopen_log_file()
+            case Reply():
+                self.calls.reply(message)
+            case _:
+                if fd is not None:
+                    os.close(fd)
+                log.error("unexpected message from the front: %r", message)
+
+    def _ack(self, conn_id: int) -> Callable[[], None]:
+        def ack() -> None:
+            self._answer(Taken(conn_id, self.server.connections_active))
+
+        return ack
+
+    async def _send_user_message(self, payload: object, to: str) -> None:
+        worker_id = self.server.worker_id
+        try:
+            await self.calls.call(
+                lambda request_id: UserMessage(payload, to, worker_id, request_id),
+                CLUSTER_TIMEOUT,
+            )
+        except (CallFailed, CallUnanswered) as exc:
+            raise cluster.MessageDropped(str(exc)) from None
