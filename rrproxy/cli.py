@@ -196,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     asgi.add_argument(
         "--loop",
         choices=LOOPS,
-        default="auto",
+        default=os.environ.get("RRPROXY_LOOP", "auto"),
         help="the workers' event loop: auto runs native handlers on trio and ASGI apps on "
-        "asyncio, with uvloop when it is installed (pip install 'rrproxy[uvloop]')",
+        "asyncio, with uvloop when it is installed (pip install 'rrproxy[uvloop]'); "
+        "default: $RRPROXY_LOOP or auto",
     )
     asgi.add_argument(
         "--lifespan",
@@ -390,6 +391,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         config.validate()
     except (AppSpecError, ConfigError) as exc:
         parser.error(str(exc))
+    if config.worker.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            parser.error("--loop uvloop needs uvloop: pip install 'rrproxy[uvloop]'")
     if config.admin not in (None, "off"):
         try:
             from .front.admin import parse_admin

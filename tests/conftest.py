@@ -104,3 +104,11 @@ def redis(redis_binary: str):
 @pytest.fixture(scope="session")
 def haproxy_binary() -> str:
     return ensure_installed("haproxy", "haproxy", service="haproxy")
+
+
+@pytest.fixture(params=["trio", "uvloop"])
+def each_loop(request, monkeypatch) -> str:
+    """Run the test once per worker event loop (rrproxy reads $RRPROXY_LOOP for
+    --loop): the worker's behaviour must not depend on the loop."""
+    monkeypatch.setenv("RRPROXY_LOOP", request.param)
+    return request.param

@@ -37,6 +37,28 @@ class ProtocolViolation(RuntimeError):
     """The app sent ASGI messages out of order or malformed."""
 
 
+_ASYNCIO_HINT = (
+    "the app uses asyncio, which does not run on trio: start rrproxy with "
+    "--loop asyncio (or --loop auto, the default for ASGI apps)"
+)
+
+
+def asyncio_on_trio(backend: Backend, exc: BaseException) -> bool:
+    """Whether `exc` is what asyncio code raises when it runs on trio (Django's
+    asyncio.gather, Quart's get_running_loop, asyncpg...)."""
+    if backend.name != "trio":
+        return False
+    text = str(exc)
+    if "no running event loop" in text or "unrecognized yield message" in text:
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if "/asyncio/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> dict[str, Any]:
     server = connection.server
     config = server.config
@@ -221,6 +243,10 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):
             log.error("ASGI app broke the protocol on %s: %s", where, exc)
+        elif asyncio_on_trio(connection.server.backend, exc):
+            log.error(
+                "ASGI app raised on %s: %s: %s (%s)", where, type(exc).__name__, exc, _ASYNCIO_HINT
+            )
         else:
             log.exception("ASGI app raised on %s", where)
         if not cycle.head_sent:
@@ -304,6 +330,8 @@ class Lifespan:
             else:
                 log.exception("ASGI lifespan raised")
                 self._failure = f"lifespan raised {type(exc).__name__}: {exc}"
+                if asyncio_on_trio(self.backend, exc):
+                    self._failure += f" ({_ASYNCIO_HINT})"
         finally:
             self._inbox.close()
             self._startup_done.set()

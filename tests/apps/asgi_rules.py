@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import trio
+import anyio
 
 events: list[str] = []
 
@@ -70,4 +70,4 @@ async def lifespan_fails(scope, receive, send):
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
         return
-    await trio.sleep(0)
+    await anyio.sleep(0)

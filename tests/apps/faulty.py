@@ -14,7 +14,7 @@ import tempfile
 import time
 from urllib.parse import parse_qs
 
-import trio
+import anyio
 
 from rrproxy import Request, Response, cluster, state
 
@@ -75,7 +75,7 @@ async def handler(request: Request) -> Response:
     if path == "/":
         return Response(200, f"worker={request.worker_id} pid={os.getpid()}\n", _who(request))
     if path == "/slow":
-        await trio.sleep(float(_arg(request, "s", "0.05")))
+        await anyio.sleep(float(_arg(request, "s", "0.05")))
         return Response(200, f"slow {os.getpid()}\n", _who(request))
     if path == "/chaos":
         # Say which process started this request before doing the work, so a test
@@ -88,7 +88,7 @@ async def handler(request: Request) -> Response:
                 os.write(fd, line)
             finally:
                 os.close(fd)
-        await trio.sleep(float(_arg(request, "s", "0.05")))
+        await anyio.sleep(float(_arg(request, "s", "0.05")))
         return Response(200, f"chaos {os.getpid()}\n", _who(request))
     if path == "/status-with-body":
         return Response(int(_arg(request, "code", "204")), b"a body that must not go out")

@@ -6,7 +6,7 @@ import os
 import time
 from urllib.parse import parse_qs
 
-import trio
+import anyio
 
 from rrproxy import Request, Response
 
@@ -39,7 +39,7 @@ async def handler(request: Request) -> Response | str | dict | int:
         async def chunks():
             for i in range(count):
                 yield f"chunk {i}\n"
-                await trio.sleep(0)
+                await anyio.sleep(0)
 
         return Response(200, chunks(), _who(request))
     if path == "/stream-raise":
@@ -54,7 +54,7 @@ async def handler(request: Request) -> Response | str | dict | int:
     if path == "/bad":
         return 42
     if path == "/slow":
-        await trio.sleep(float(_arg(request, "s", "1")))
+        await anyio.sleep(float(_arg(request, "s", "1")))
         return Response(200, b"slow done\n", _who(request))
     if path == "/block":
         # Blocks the worker's event loop, like a CPU-bound or sync-I/O handler.

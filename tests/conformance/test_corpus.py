@@ -43,8 +43,8 @@ def servers():
 
 def _server(servers: dict, options: tuple[str, ...]) -> RRProxy:
     if options not in servers:
-        server = RRProxy(*options, "--header-timeout", "3", "tests.apps.echo:handler", workers=1)
-        servers[options] = server.start()
+        args = (*options, "--header-timeout", "3", "tests.apps.echo:handler")
+        servers[options] = RRProxy(*args, workers=1).start()
     return servers[options]
 
 
@@ -71,9 +71,10 @@ def _exchange(port: int, data: bytes, head_request: bool, closed: bool) -> list:
         client.close()
 
 
+@pytest.mark.parametrize("loop", ["trio", "asyncio", "uvloop"])
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
-def test_case(servers, case: dict):
-    server = _server(servers, tuple(case.get("options", ())))
+def test_case(servers, case: dict, loop: str):
+    server = _server(servers, ("--loop", loop, *case.get("options", ())))
     request = case["request"].encode("latin-1")
     data = request + (SENTINEL if case.get("sentinel", True) else b"")
     responses = _exchange(server.port, data, request.startswith(b"HEAD "), case["closed"])

@@ -14,6 +14,8 @@ from websockets.sync.client import connect
 
 from tests.helpers import RawClient, RRProxy, get, run_cli
 
+pytestmark = pytest.mark.usefixtures("each_loop")
+
 STARLETTE = "workers.starlette_app:app"
 
 

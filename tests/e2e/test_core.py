@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import PROBE, RawClient, RRProxy, get
 
+pytestmark = pytest.mark.usefixtures("each_loop")
+
 
 def test_rr_spreads_new_connections_exactly_evenly():
     with RRProxy("--policy", "rr", PROBE, workers=4) as server:

@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import PROBE, RawClient, RRProxy, get
 
+pytestmark = pytest.mark.usefixtures("each_loop")
+
 
 @pytest.fixture(scope="module")
 def strict():

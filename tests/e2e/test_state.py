@@ -8,8 +8,11 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.helpers import RRProxy, get
+
+pytestmark = pytest.mark.usefixtures("each_loop")
 
 STATEFUL = "tests.apps.stateful:handler"
 

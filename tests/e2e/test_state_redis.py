@@ -7,8 +7,11 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.helpers import RRProxy, get, run_cli
+
+pytestmark = pytest.mark.usefixtures("each_loop")
 
 STATEFUL = "tests.apps.stateful:handler"
 

@@ -16,6 +16,8 @@ from rrproxy.worker.server import WorkerServer
 from rrproxy.worker.trio import BACKEND
 from tests.helpers import RawClient, RRProxy, client_per_worker
 
+pytestmark = pytest.mark.usefixtures("each_loop")
+
 FAULTY = "tests.apps.faulty:handler"
 SMUGGLE = (
     b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
