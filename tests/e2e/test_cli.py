@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.helpers import PROBE, run_cli
+from tests.helpers import PROBE, REPO, run_cli
 
 
 def _one_error_line(result) -> str:
@@ -79,3 +79,20 @@ def test_help_documents_every_option() -> None:
         "--app-dir",
     ):
         assert option in result.stdout
+
+
+def test_loop_uvloop_without_uvloop_names_the_extra():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['uvloop'] = None\n"  # as if it were not installed
+        "from rrproxy.cli import main\n"
+        "main(['--loop', 'uvloop', '--port', '0', 'workers.hello:handler'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 2
+    assert "rrproxy[uvloop]" in result.stderr
+    assert "Traceback" not in result.stderr

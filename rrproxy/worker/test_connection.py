@@ -1,0 +1,214 @@
+"""The connection logic with plain bytes, no sockets and no processes: a memory
+transport feeds a real HTTPConnection on each backend (trio, asyncio), and what it
+writes is parsed back. Keep-alive, pipelining, 100-continue, limits, timeouts and an
+ASGI app, identical on both loops."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import pytest
+
+from ..config import WorkerConfig
+from .asgi import ASGIAdapter
+from .asyncio import make_backend
+from .backend import Backend
+from .connection import HTTPConnection
+from .server import WorkerServer
+from .trio import BACKEND as TRIO
+
+BACKENDS = [TRIO, make_backend("asyncio")]
+
+
+class MemoryTransport:
+    """What the client sends, in pieces; what the server writes, collected. After
+    the last piece: EOF, or (hold=True) silence until the server gives up."""
+
+    def __init__(self, backend: Backend, pieces: list[bytes], hold: bool = False) -> None:
+        self.backend = backend
+        self.inbound = deque(pieces)
+        self.hold = hold
+        self.sent: list[bytes] = []
+        self.client = ("127.0.0.1", 40000)
+        self.closed = False
+        self.first_reads = 0
+
+    def server_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8000)
+
+    async def receive(self) -> bytes:
+        await self.backend.checkpoint()
+        if self.inbound:
+            self.first_reads += 1
+            return self.inbound.popleft()
+        if self.hold:
+            await self.backend.event().wait()  # until a deadline cancels us
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def client_gone(self) -> bool:
+        return False
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def parse_responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Responses in a byte stream (Content-Length or chunked bodies; 1xx have none)."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        body = b""
+        if status >= 200:
+            if headers.get(b"transfer-encoding") == b"chunked":
+                while True:
+                    size_line, _, data = data.partition(b"\r\n")
+                    size = int(size_line, 16)
+                    body += data[:size]
+                    data = data[size + 2 :]
+                    if size == 0:
+                        break
+            else:
+                length = int(headers.get(b"content-length", b"0"))
+                body, data = data[:length], data[length:]
+        out.append((status, headers, body))
+    return out
+
+
+async def echo(request: Any) -> Any:
+    from ..native import Response
+
+    body = await request.body()
+    return Response(200, body or request.path.encode(), [("x-method", request.method)])
+
+
+def serve(
+    backend: Backend,
+    pieces: list[bytes],
+    handler: Any = echo,
+    hold: bool = False,
+    adapter: Any = None,
+    **config: Any,
+) -> tuple[list[tuple[int, dict[bytes, bytes], bytes]], MemoryTransport]:
+    settings = {"keep_alive": 0.3, "header_timeout": 0.3, **config}
+    server_config = WorkerConfig(app="test:app", **settings)
+
+    async def main() -> MemoryTransport:
+        server = WorkerServer(server_config, 1, handler, True, backend, adapter)
+        transport = MemoryTransport(backend, pieces, hold)
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(5):
+            await connection.run(transport)  # type: ignore[arg-type]
+        return transport
+
+    transport = backend.run(main)
+    return parse_responses(b"".join(transport.sent)), transport
+
+
+GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_keep_alive_and_pipelining(backend: Backend):
+    post = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    responses, transport = serve(backend, [GET, post + GET])
+    assert [(status, body) for status, _, body in responses] == [
+        (200, b"/a"),
+        (200, b"hello"),
+        (200, b"/a"),
+    ]
+    assert all(b"connection" not in headers for _, headers, _ in responses)
+    assert transport.closed
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_request_split_at_every_byte_is_the_same_request(backend: Backend):
+    data = (
+        b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    responses, _ = serve(backend, [data[i : i + 1] for i in range(len(data))])
+    assert [(s, b) for s, _, b in responses] == [(200, b"hello")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_100_continue_goes_out_before_the_body_is_read(backend: Backend):
+    head = b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    responses, transport = serve(backend, [head, b"abc"])
+    assert transport.sent[0].startswith(b"HTTP/1.1 100 ")
+    assert [(s, b) for s, _, b in responses] == [(100, b""), (200, b"abc")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBig: " + b"a" * 2000 + b"\r\n\r\n", 431),
+        (CHUNKED + (b"100\r\n" + b"a" * 256 + b"\r\n") * 4, 413),
+        (CHUNKED[:-2] + b"Content-Length: 5\r\n\r\n0\r\n\r\n" + GET, 400),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501),
+    ],
+)  # fmt: skip
+def test_limits_and_rejections_close_the_connection(backend, request_bytes, status):
+    chunks = (
+        [request_bytes[:1100], request_bytes[1100:]]
+        if len(request_bytes) > 1100
+        else [request_bytes]
+    )
+    responses, _ = serve(backend, chunks, max_header_size=1024, max_body_size=1000)
+    assert [s for s, _, _ in responses] == [status]
+    assert responses[0][1][b"connection"] == b"close"
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_an_idle_connection_is_closed_quietly_and_a_slow_head_gets_408(backend: Backend):
+    responses, transport = serve(backend, [GET], hold=True)
+    assert [s for s, _, _ in responses] == [200]  # then the keep-alive expired: no 408
+    assert transport.closed
+    responses, _ = serve(backend, [b"GET / HTTP/1.1\r\nHo"], hold=True)
+    assert [s for s, _, _ in responses] == [408]
+
+
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]})
+    await send({"type": "http.response.body", "body": body[:2], "more_body": True})
+    await send({"type": "http.response.body", "body": body[2:]})
+    assert (await receive())["type"] == "http.disconnect"
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_an_asgi_app_streams_its_response_the_same_on_both_loops(backend: Backend):
+    post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    responses, _ = serve(backend, [post, GET], adapter=ASGIAdapter(asgi_app), handler=asgi_app)
+    assert [(s, b) for s, _, b in responses] == [(201, b"hello"), (201, b"")]
+    assert responses[0][1][b"transfer-encoding"] == b"chunked"
+
+
+def test_scope_deadline_is_reset_while_the_app_works():
+    """The connection's one scope never times the app out: a 0.5 s handler with a
+    0.3 s header timeout still answers."""
+
+    async def slow(request: Any) -> Any:
+        await TRIO.sleep(0.5)
+        return "done"
+
+    responses, _ = serve(TRIO, [GET], handler=slow)
+    assert [(s, b) for s, _, b in responses] == [(200, b"done")]
