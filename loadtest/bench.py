@@ -30,7 +30,7 @@ from .server import REPO
 PY = sys.executable
 
 
-def _rrproxy(policy: str, app: str) -> list[str]:
+def _rrproxy(policy: str, app: str, loop: str = "auto") -> list[str]:
     return [
         PY,
         "-m",
@@ -47,6 +47,8 @@ def _rrproxy(policy: str, app: str) -> list[str]:
         "warning",
         "--admin",
         "unix:{admin}",
+        "--loop",
+        loop,
         app,
     ]
 
@@ -54,8 +56,24 @@ def _rrproxy(policy: str, app: str) -> list[str]:
 TARGETS: dict[str, dict[str, Any]] = {
     "rrproxy rr": {"argv": _rrproxy("rr", "workers.hello:handler"), "rrproxy": True},
     "rrproxy none": {"argv": _rrproxy("none", "workers.hello:handler"), "rrproxy": True},
-    "rrproxy rr asgi": {"argv": _rrproxy("rr", "workers.asgi_hello:app"), "rrproxy": True},
-    "rrproxy none asgi": {"argv": _rrproxy("none", "workers.asgi_hello:app"), "rrproxy": True},
+    "rrproxy rr asgi trio": {
+        "argv": _rrproxy("rr", "workers.asgi_hello:app", "trio"),
+        "rrproxy": True,
+    },
+    "rrproxy rr asgi asyncio": {
+        "argv": _rrproxy("rr", "workers.asgi_hello:app", "asyncio"),
+        "rrproxy": True,
+    },
+    "rrproxy rr asgi uvloop": {
+        "argv": _rrproxy("rr", "workers.asgi_hello:app", "uvloop"),
+        "rrproxy": True,
+        "module": "uvloop",
+    },
+    "rrproxy none asgi uvloop": {
+        "argv": _rrproxy("none", "workers.asgi_hello:app", "uvloop"),
+        "rrproxy": True,
+        "module": "uvloop",
+    },
     "gunicorn uvicorn-h11": {
         "argv": [
             PY,
@@ -88,7 +106,7 @@ TARGETS: dict[str, dict[str, Any]] = {
         ],
         "module": "hypercorn",
     },
-    "uvicorn h11": {
+    "uvicorn h11 uvloop": {
         "argv": [
             PY,
             "-m",
@@ -97,6 +115,8 @@ TARGETS: dict[str, dict[str, Any]] = {
             "2",
             "--http",
             "h11",
+            "--loop",
+            "uvloop",
             "--host",
             "127.0.0.1",
             "--port",
@@ -106,6 +126,28 @@ TARGETS: dict[str, dict[str, Any]] = {
             "workers.asgi_hello:app",
         ],
         "module": "uvicorn",
+    },
+    "uvicorn standard": {
+        # uvicorn[standard] as its users run it: httptools and uvloop.
+        "argv": [
+            PY,
+            "-m",
+            "uvicorn",
+            "--workers",
+            "2",
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "workers.asgi_hello:app",
+        ],
+        "module": "httptools",
     },
     "node cluster rr": {
         "argv": ["node", "loadtest/peers/node_cluster.js"],

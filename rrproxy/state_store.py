@@ -116,7 +116,11 @@ class MemoryStore:
     def apply(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
         if op not in OPS:
             raise StoreError(f"unknown operation {op!r}")
-        if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:
+        try:
+            key_bytes = len(key.encode()) if isinstance(key, str) else MAX_KEY_BYTES + 1
+        except UnicodeEncodeError:
+            raise StoreError("keys are valid Unicode strings") from None
+        if key_bytes > MAX_KEY_BYTES:
             raise StoreError(f"keys are strings of at most {MAX_KEY_BYTES} bytes")
         if ttl is not None and (
             not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl < 1e9

@@ -109,7 +109,7 @@ def bind_admin(address: AdminAddress) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address.host, address.port))
-        sock.listen(64)
+        sock.listen(1024)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot bind --admin {address}: {exc.strerror or exc}") from None
@@ -146,7 +146,7 @@ def _bind_unix(path: str) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(64)
+    sock.listen(1024)
     return sock
 
 
@@ -156,6 +156,12 @@ class AdminServer:
         self.sock = sock
         self.token = token
         self.path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        #: (device, inode) of the socket file we made: on the way out we remove it
+        #: only if it is still ours (not a file someone put there since).
+        self._identity: tuple[int, int] | None = None
+        if isinstance(self.path, str):
+            info = os.stat(self.path)
+            self._identity = (info.st_dev, info.st_ino)
 
     async def serve(self) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
@@ -164,7 +170,11 @@ class AdminServer:
         finally:
             if isinstance(self.path, str):
                 try:
-                    os.unlink(self.path)
+                    info = os.lstat(self.path)
+                    if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == (
+                        self._identity
+                    ):
+                        os.unlink(self.path)
                 except OSError:
                     pass
 
@@ -229,10 +239,10 @@ class AdminServer:
             supervisor.start_reload()
             return _json(202, {"reloading": True})
         if url.path == "/scale":
-            try:
-                count = int(query["workers"][0])
-            except (KeyError, ValueError):
+            text = query.get("workers", [""])[0]
+            if not (text.isascii() and text.isdigit() and len(text) <= 6):
                 return _json(400, {"error": "use /scale?workers=N"})
+            count = int(text)
             if not 1 <= count <= MAX_WORKERS:
                 return _json(400, {"error": f"workers must be 1..{MAX_WORKERS}"})
             supervisor.scale_to(count)

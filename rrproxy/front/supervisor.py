@@ -89,7 +89,6 @@ class Supervisor:
         self.workers: list[WorkerProcess] = []
         self.stopping = False
         self._nursery: trio.Nursery | None = None
-        self._boot_pending = config.workers
         self._booted = trio.Event()
         self._boot_error: BootError | None = None
         self._all_exited = trio.Event()
@@ -235,6 +234,13 @@ class Supervisor:
         slot.backoff = min(slot.backoff * 2, BACKOFF_MAX) if slot.backoff else BACKOFF_INITIAL
         slot.restart_at = trio.current_time() + slot.backoff
 
+    def _check_booted(self) -> None:
+        """Boot is complete once every slot still wanted has had a ready worker (a
+        slot scaled away during boot does not hold it up)."""
+        live = [s for s in self.slots.values() if not s.removed]
+        if live and all(s.ever_ready for s in live):
+            self._booted.set()
+
     def _fail_boot(self, error: BootError) -> None:
         if self._boot_error is None:
             self._boot_error = error
@@ -246,11 +252,12 @@ class Supervisor:
         worker.last_heard = worker.ready_at = trio.current_time()
         worker.ever_ready = True
         worker.ready.set()
+        slot = self.slots.get(worker.slot)
+        if slot is not None:
+            slot.ever_ready = True
         if not self._booted.is_set():
             self.announce(f"rrproxy: worker {worker.slot} ready (pid {worker.pid})")
-            self._boot_pending -= 1
-            if self._boot_pending == 0:
-                self._booted.set()
+            self._check_booted()
         else:
             log.info("worker %d ready (pid %d)", worker.slot, worker.pid)
         if self.dispatcher is not None:
@@ -384,10 +391,15 @@ class Supervisor:
         if len(live) <= 1:
             log.warning("scaling down: already at 1 worker")
             return
-        slot = self.slots[live[-1]]
+        # The highest slot leaves, unless another is crash-looping: losing a
+        # healthy worker and keeping a broken one would help nobody.
+        looping = [i for i in live if self.crash_looping(self.slots[i])]
+        slot = self.slots[looping[-1] if looping else live[-1]]
         slot.removed = True
         if slot.current is not None:
             self.stop_worker(slot.current)
+        if not self._booted.is_set():
+            self._check_booted()
         log.info(
             "scaling down: worker %d drains and leaves (%d workers)", slot.id, self.worker_count
         )

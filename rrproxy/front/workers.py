@@ -19,10 +19,12 @@ from ..ipc.messages import Message
 SOFT_WINDOW = 8
 #: Beyond this the worker gets nothing more until it answers.
 HARD_WINDOW = 1024
-#: A worker that has left a handed connection unread this long is stalled (its loop
-#: is blocked or the process is stopped): it gets no new connection until it reads.
-#: A running loop reads a new connection within milliseconds, even under load.
-STALL_AFTER = 0.5
+#: A worker holding unanswered handoffs that has said nothing at all for this long is
+#: stalled (its loop is blocked, or the process is stopped): it gets no new
+#: connection until it speaks again. Judged by the worker's own messages (a live loop
+#: sends Stats every second), never by whether clients sent bytes: an idle connection
+#: stays unanswered by design, and must not make a healthy worker look stalled.
+STALL_AFTER = 1.5
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -115,7 +117,7 @@ class WorkerProcess:
 
     @property
     def stalled(self) -> bool:
-        return bool(self.unacked) and self.oldest_unacked_age() > STALL_AFTER
+        return bool(self.unacked) and trio.current_time() - self.last_heard > STALL_AFTER
 
     def post(self, message: Message, force: bool = False) -> bool:
         """Queue a message for the worker without waiting (its task flushes the
@@ -227,6 +229,8 @@ class Slot:
     #: The replacement being started (not yet current), if any.
     incoming: WorkerProcess | None = None
     last_exit: str | None = None
+    #: One of the slot's workers has been ready (boot waits for every slot's first).
+    ever_ready: bool = False
     #: Workers of this slot that died before they served anyone, in a row (see
     #: supervisor.CRASH_LOOP_AFTER).
     crashes: int = 0

@@ -26,6 +26,7 @@ _ANC_SIZE = socket.CMSG_SPACE(4 * _FD_SIZE)
 #: Received descriptors are close-on-exec from the start: a handler that runs
 #: `os.system(...)` must not pass our connections (or the channel) to its children.
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 
 class ChannelClosed(Exception):
@@ -232,7 +233,11 @@ class WorkerChannel:
                 usable = len(payload) - len(payload) % _FD_SIZE
                 fds.extend(array.array("i", payload[:usable]))
         if nbytes == 0 and not fds:
-            raise ChannelClosed("peer closed the channel")
+            # On SOCK_SEQPACKET an empty record also reads as 0 bytes: only a hangup
+            # is the end (a peer must not get itself killed as "gone" by sending one).
+            if self._hung_up():
+                raise ChannelClosed("peer closed the channel")
+            raise ProtocolError("empty message")
         if flags & socket.MSG_CTRUNC:
             # The kernel dropped descriptors we had no room for (or no fd left to
             # put them in: EMFILE): whatever arrived is incomplete, so close it all
@@ -288,6 +293,11 @@ class WorkerChannel:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
                 return None
+
+    def _hung_up(self) -> bool:
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN | _POLLRDHUP)
+        return any(events & (select.POLLHUP | _POLLRDHUP) for _, events in poller.poll(0))
 
     def receive_nowait(self) -> tuple[Message, int | None] | None:
         """The next message if one is already waiting, else None (never blocks).

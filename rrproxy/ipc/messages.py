@@ -335,6 +335,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if hint is str:
+        # JSON allows lone surrogates ("\ud800"); they cannot be encoded, logged to
+        # a UTF-8 file or used as a key, so they never get past here.
+        return isinstance(value, str) and _encodable(value)
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -343,6 +347,14 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if base is dict or base is list:
         return isinstance(value, base) and _nesting(value) <= MAX_NESTING
     return isinstance(value, base)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _nesting(value: Any) -> int:

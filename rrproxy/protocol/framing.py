@@ -28,8 +28,10 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([
 _FIELD_LINE = rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)"
 _FIELD_BLOCK = re.compile(_FIELD_LINE + rb"*")
 #: The header values framing depends on, found in a block that is already valid.
+#: The value is taken whole and stripped in Python: `(.*?)[\t ]*\r` would backtrack
+#: quadratically on a long run of spaces (16 KiB of them: half a second).
 _FRAMING_FIELDS = re.compile(
-    rb"^(content-length|transfer-encoding|host|upgrade):[\t ]*(.*?)[\t ]*\r$",
+    rb"^(content-length|transfer-encoding|host|upgrade):([^\r]*)\r$",
     re.IGNORECASE | re.MULTILINE,
 )
 _FRAMING_TRAILER = re.compile(
@@ -78,6 +80,7 @@ class RequestFraming:
         "max_head",
         "max_headers",
         "messages",
+        "started",
     )
 
     def __init__(self, max_head: int, max_headers: int, max_body: int) -> None:
@@ -92,12 +95,8 @@ class RequestFraming:
         self.error: FramingError | None = None
         #: Requests whose end has been found (and whose bytes were returned).
         self.messages = 0
-
-    @property
-    def partial(self) -> bool:
-        """Bytes of an unfinished request head are waiting here (the client is
-        sending a request, not idling)."""
-        return self._state == _HEAD and bool(self._buffer)
+        #: Bytes of the next request (empty lines included) have arrived.
+        self.started = False
 
     @property
     def holding(self) -> bool:
@@ -114,6 +113,8 @@ class RequestFraming:
         self._buffer = self._buffer + data if self._buffer else data
         if self._state == _HOLD:
             return b""
+        if self._state == _HEAD:
+            self.started = True
         return self._advance()
 
     def held(self) -> bytes:
@@ -121,13 +122,6 @@ class RequestFraming:
         protocol's), handed over once the upgrade is accepted."""
         data, self._buffer = self._buffer, b""
         return data
-
-    def resume(self) -> bytes:
-        """The upgrade was declined: go on with HTTP; validated bytes for h11."""
-        if self._state != _HOLD:
-            return b""
-        self._state = _HEAD
-        return self._advance()
 
     # --- the state machine -------------------------------------------------------
 
@@ -165,6 +159,7 @@ class RequestFraming:
 
     def _message_done(self) -> None:
         self.messages += 1
+        self.started = bool(self._buffer)
         self._state = _HOLD if self._upgrade else _HEAD
 
     def _head(self, out: list[bytes]) -> bool:
@@ -195,8 +190,8 @@ class RequestFraming:
             if buffer.find(b"\r\n") > self.max_head:
                 raise FramingError(414, "the request line is longer than the limit")
             raise FramingError(431, "the request head is larger than the limit")
-        self._validate_head(head)
         self._buffer = buffer[end + 4 :]
+        self._validate_head(head)
         out.append(head)
         return True
 
@@ -225,7 +220,8 @@ class RequestFraming:
         codings: list[bytes] = []
         hosts: list[bytes] = []
         upgrade = False
-        for name, value in _FRAMING_FIELDS.findall(block):
+        for name, raw_value in _FRAMING_FIELDS.findall(block):
+            value = raw_value.strip(b" \t")
             first = name[:1].lower()
             if first == b"c":
                 lengths.append(value)

@@ -73,8 +73,9 @@ class ServerConnection:
 
     @property
     def head_started(self) -> bool:
-        """Bytes of a request head have arrived (the client is not idle)."""
-        return self.framing.partial or bool(self.conn.trailing_data[0])
+        """Bytes have arrived since the last request (the client is not idle; empty
+        lines before a request line count, or CRLFs could hold a connection open)."""
+        return self.framing.started or bool(self.conn.trailing_data[0])
 
     def next_request(self) -> h11.Request | Reject | object | None:
         """The next request's head; NEED_DATA; a Reject; or None (the client closed,
@@ -153,6 +154,10 @@ class ServerConnection:
 
     @property
     def body_broken(self) -> bool:
+        """The request's body broke the framing rules (the app may have swallowed
+        the error). Events already buffered are pulled first: a bodiless request
+        ahead of a bad pipelined one is complete, not broken."""
+        self.discard_buffered_body()
         conn = self.conn
         return conn.their_state is h11.ERROR or (
             self.framing.error is not None and conn.their_state is h11.SEND_BODY
@@ -181,7 +186,11 @@ class ServerConnection:
                 self.discard_buffered_body()
             if status not in (204, 304) and not any(k == b"content-length" for k, _ in headers):
                 headers.append((b"content-length", b"%d" % len(body)))
-        if close or (body is not None and self.body_unread):
+        if close or self.framing.holding or (body is not None and self.body_unread):
+            # framing.holding: an Upgrade request answered normally. The connection
+            # closes rather than read on as HTTP what the client meant for the new
+            # protocol (a proxy that did not check for a 101 would pass requests
+            # hidden in it: "WebSocket smuggling").
             headers.append((b"connection", b"close"))
         headers.append((b"date", http_date()))
         conn = self.conn
@@ -262,12 +271,6 @@ class ServerConnection:
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
-        framing = self.framing
-        if framing.holding:
-            # An Upgrade request answered normally: the bytes after it are HTTP.
-            resumed = framing.resume()
-            if resumed:
-                conn.receive_data(resumed)
         return True
 
     def upgraded_data(self) -> bytes:

@@ -212,3 +212,26 @@ def test_scope_deadline_is_reset_while_the_app_works():
 
     responses, _ = serve(TRIO, [GET], handler=slow)
     assert [(s, b) for s, _, b in responses] == [(200, b"done")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_requests_ahead_of_a_bad_pipelined_one_are_answered(backend: Backend):
+    calls: list[str] = []
+
+    async def count(request: Any) -> Any:
+        calls.append(request.path)
+        return "ok"
+
+    bad = b"GET /bad HTTP/1.1\nHost: x\n\n"
+    responses, _ = serve(backend, [GET + GET + bad], handler=count)
+    assert [s for s, _, _ in responses] == [200, 200, 400]
+    assert calls == ["/a", "/a"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_empty_lines_cannot_keep_a_connection_open(backend: Backend):
+    """CRLFs before a request line are ignored, but they start the header timeout:
+    a client sending only them is cut off, not kept alive forever."""
+    responses, transport = serve(backend, [GET, b"\r\n", b"\r\n"], hold=True)
+    assert [s for s, _, _ in responses] == [200, 408]
+    assert transport.closed

@@ -232,9 +232,8 @@ class WebSocketSession:
         size = 0
         io = self.connection.io
         assert io is not None
+        data = b"-"  # frames that came with the upgrade request are in `ws` already
         while True:
-            data = await io.receive()
-            ws.receive_data(data or None)
             for event in ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
                     size += len(event.data)
@@ -269,6 +268,8 @@ class WebSocketSession:
             if not data:
                 self._peer_gone(1006)
                 return
+            data = await io.receive()
+            ws.receive_data(data or None)
 
     async def _keepalive(self) -> None:
         interval = self.config.ws_ping_interval

@@ -63,6 +63,8 @@ def _bad_message(kind: str) -> bytes:
             "statuses": {"\u00b2\u00b2\u00b2": 1},
         }
         return b"\x14" + json.dumps(body).encode()
+    if kind == "surrogate":  # valid JSON, a key no UTF-8 encoder takes
+        return b'\x1b{"request_id":1,"op":"get","key":"\\ud800"}'
     if kind == "nan":
         return b'\x14{"connections_total":1,"connections_active":0,"requests_total":1,' + (
             b'"latency_sum":NaN}'
@@ -134,7 +136,11 @@ async def handler(request: Request) -> Response:
     if path == "/ipc":
         kind = _arg(request, "kind", "deep")
         fd = _channel_fd()
-        if kind == "fd":
+        if kind == "empty":
+            # An empty record reads as 0 bytes, like the end of the channel.
+            with socket.socket(fileno=os.dup(fd)) as channel:
+                channel.send(b"")
+        elif kind == "fd":
             # A well-formed message with a descriptor attached: the front never
             # accepts fds from a worker and must close it, not keep it.
             with socket.socket(fileno=os.dup(fd)) as channel:

@@ -13,7 +13,9 @@ app = Quart(__name__)
 @app.route("/")
 async def index():
     await asyncio.sleep(0.001)
-    return jsonify(framework="quart", pid=os.getpid(), loop=type(asyncio.get_running_loop()).__name__)
+    return jsonify(
+        framework="quart", pid=os.getpid(), loop=type(asyncio.get_running_loop()).__name__
+    )
 
 
 @app.route("/items/<int:item>")

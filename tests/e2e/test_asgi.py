@@ -165,3 +165,27 @@ def test_websocket_message_size_limit_and_1012_on_shutdown():
                 ws.recv(timeout=15)
             assert closed.value.rcvd.code == 1012
         assert server.wait(20) == 0
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def test_websocket_frames_sent_with_the_upgrade_request_are_not_lost():
+    """A client may send its first frames in the same packet as the handshake."""
+    with RRProxy(STARLETTE, workers=1) as server:
+        client = RawClient(server.port)
+        client.send(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + _client_frame(0x1, b"hi")
+        )
+        assert client.read_response().status == 101
+        deadline = time.monotonic() + 10
+        while b"echo: hi" not in client.buffer and time.monotonic() < deadline:
+            client._fill()
+        assert client.buffer[:2] == bytes([0x81, len(b"echo: hi")])
+        assert client.buffer[2:10] == b"echo: hi"
+        client.close()

@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 
 from tests.helpers import RRProxy
 
-ASYNC_VIEW = '''
+ASYNC_VIEW = """
 from django.contrib.auth.models import User
 from django.http import JsonResponse
 
@@ -21,7 +21,7 @@ from django.http import JsonResponse
 async def users(request):
     # The async ORM (Django 4.1+): runs on the worker's asyncio loop.
     return JsonResponse({"users": await User.objects.acount()})
-'''
+"""
 
 
 @pytest.fixture(scope="module")

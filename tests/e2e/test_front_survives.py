@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -250,7 +251,8 @@ def test_malformed_messages_from_user_code_do_not_crash_the_front(tmp_path: Path
         front = server.proc.pid
         get(server.port)
         fds_before = open_fds(front)
-        for kind in ("deep", "superscript", "longaddr", "statuskey", "nan", "fd", "fd", "fd"):
+        kinds = ("deep", "superscript", "longaddr", "statuskey", "nan", "surrogate", "empty")
+        for kind in (*kinds, "fd", "fd", "fd"):
             client = RawClient(server.port)
             client.send(f"GET /ipc?kind={kind} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             assert client.read_response().status == 200
@@ -317,3 +319,55 @@ def test_a_stopped_worker_does_not_keep_connections_waiting(tmp_path: Path):
         assert str(stopped) not in {a.header("x-worker-pid") for a in answers}
         assert time.monotonic() - started < 6
         assert "is stopped with" in server.output()
+
+
+def test_an_empty_record_on_the_channel_does_not_cost_in_flight_requests():
+    """An empty datagram reads as 0 bytes, as the end of the channel does; the
+    worker that sent it was once killed on the spot as "gone", losing what it served."""
+    with RRProxy(FAULTY, workers=1) as server:
+        slow = RawClient(server.port)
+        slow.send(b"GET /slow?s=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.3)
+        get(server.port, "/ipc?kind=empty")
+        assert slow.read_response().status == 200
+        assert "did not exit; killing it" not in server.output()
+
+
+def test_idle_connections_do_not_make_workers_look_stalled():
+    """Connections that send nothing are never answered Taken; a worker holding them
+    is still alive and must keep getting connections."""
+    with RRProxy(FAULTY, workers=2) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        time.sleep(2.5)
+        for _ in range(6):
+            started = time.monotonic()
+            assert get(server.port).status == 200
+            assert time.monotonic() - started < 1.0
+        for sock in idle:
+            sock.close()
+
+
+def test_scaling_down_during_boot_still_boots(tmp_path: Path):
+    app = tmp_path / "slow_boot.py"
+    app.write_text("import time\ntime.sleep(1.5)\nasync def handler(request):\n    return 'up'\n")
+    server = RRProxy("--app-dir", str(tmp_path), "slow_boot:handler", workers=3)
+    server.start_without_waiting()
+    try:
+        wait_until(lambda: worker_pids(server.proc.pid), 10, 0.01, what="workers spawned")
+        time.sleep(0.3)  # the front's signal handlers are installed
+        server.signal(signal.SIGTTOU)
+        server.wait_for("rrproxy: listening on", 30)
+        port = int(server.wait_for(r"listening on http://127.0.0.1:(\d+)").group(1))
+        assert get(port).body == b"up"
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_the_admin_socket_path_is_only_removed_if_it_is_still_ours(tmp_path: Path):
+    path = tmp_path / "admin.sock"
+    with RRProxy("--admin", f"unix:{path}", FAULTY, workers=1) as server:
+        path.unlink()
+        path.write_text("someone else's file")
+        server.signal(signal.SIGTERM)
+        server.wait(20)
+    assert path.read_text() == "someone else's file"
