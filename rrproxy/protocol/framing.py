@@ -53,6 +53,13 @@ _CHUNK_EXT = rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT + rb"\r\n")
 _MAX_CHUNK_LINE = 4096
 _EMPTY_LINES = re.compile(rb"(?:\r\n)*")
+#: judge_head's verdict for a body framed by chunks.
+CHUNKED = -1
+#: Verdicts of recently seen valid heads (cleared when full), and the largest head
+#: that is cached.
+_VERDICTS: dict[tuple[bytes, int], tuple[int, bool]] = {}
+_CACHED_VERDICTS = 256
+_CACHED_HEAD_MAX = 2048
 
 
 class FramingError(Exception):
@@ -196,81 +203,25 @@ class RequestFraming:
         return True
 
     def _validate_head(self, head: bytes) -> None:
-        line_end = head.find(b"\r\n")
-        request_line = _REQUEST_LINE.fullmatch(head, 0, line_end)
-        if request_line is None:
-            raise FramingError(400, "malformed request line")
-        method, target, major, minor = request_line.groups()
-        if (major, minor) not in ((b"1", b"1"), (b"1", b"0")):
-            raise FramingError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported")
-        block = head[line_end + 2 : -2]
-        if _FIELD_BLOCK.fullmatch(block) is None:
-            raise FramingError(400, "malformed header line (obs-fold, space before colon...)")
-        if block.count(b"\r\n") > self.max_headers:
-            raise FramingError(431, "too many header lines")
-        if method == b"CONNECT":
-            raise FramingError(501, "CONNECT is not supported (rrproxy does not tunnel)")
-        if target[:1] != b"/":
-            if target == b"*":
-                if method != b"OPTIONS":
-                    raise FramingError(400, "the asterisk form is for OPTIONS only")
-            elif _ABSOLUTE_FORM.fullmatch(target) is None:
-                raise FramingError(400, "malformed request target")
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
-        hosts: list[bytes] = []
-        upgrade = False
-        for name, raw_value in _FRAMING_FIELDS.findall(block):
-            value = raw_value.strip(b" \t")
-            first = name[:1].lower()
-            if first == b"c":
-                lengths.append(value)
-            elif first == b"t":
-                codings.append(value)
-            elif first == b"h":
-                hosts.append(value)
-            else:
-                upgrade = True
-        http11 = minor == b"1"
-        if len(hosts) > 1 or (http11 and not hosts):
-            raise FramingError(400, "an HTTP/1.1 request needs exactly one Host header")
-        if hosts and _HOST.fullmatch(hosts[0]) is None:
-            raise FramingError(400, "malformed Host header")
+        key = (head, self.max_headers)
+        verdict = _VERDICTS.get(key)
+        if verdict is None:
+            verdict = judge_head(head, self.max_headers)
+            if len(head) <= _CACHED_HEAD_MAX:
+                # Keep-alive clients send the same head again and again (a load
+                # balancer's health check, a browser's polling): judged once.
+                if len(_VERDICTS) >= _CACHED_VERDICTS:
+                    _VERDICTS.clear()
+                _VERDICTS[key] = verdict
+        length, upgrade = verdict
         self._upgrade = upgrade
-        if codings:
-            if lengths:
-                raise FramingError(400, "both Content-Length and Transfer-Encoding")
-            if not http11:
-                raise FramingError(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if len(codings) > 1:
-                raise FramingError(400, "more than one Transfer-Encoding header")
-            self._check_codings(codings[0])
+        if length == CHUNKED:
             self._state = _CHUNK_SIZE
-            return
-        if len(lengths) > 1:
-            raise FramingError(400, "more than one Content-Length header")
-        if lengths:
-            if _CONTENT_LENGTH.fullmatch(lengths[0]) is None:
-                raise FramingError(400, "malformed Content-Length")
-            self._remaining = int(lengths[0])
-            if self._remaining:
-                self._state = _BODY
-                return
-        self._message_done()
-
-    @staticmethod
-    def _check_codings(value: bytes) -> None:
-        codings = []
-        for element in value.split(b","):
-            match = _CODING.fullmatch(element)
-            if match is None:
-                raise FramingError(400, "malformed Transfer-Encoding")
-            codings.append(match.group(1).lower())
-        # RFC 9112 §6.3: chunked must be the final coding, and only once.
-        if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
-            raise FramingError(400, "chunked is not the final transfer coding")
-        if len(codings) > 1:
-            raise FramingError(501, "only the chunked transfer coding is supported")
+        elif length:
+            self._remaining = length
+            self._state = _BODY
+        else:
+            self._message_done()
 
     def _body(self, out: list[bytes]) -> None:
         take = self._buffer[: self._remaining]
@@ -354,3 +305,79 @@ class RequestFraming:
         out.append(b"\r\n")
         self._message_done()
         return True
+
+
+def judge_head(head: bytes, max_headers: int) -> tuple[int, bool]:
+    """How a valid head frames its body: (Content-Length, or CHUNKED; whether it asks
+    for an Upgrade). FramingError for anything the rules do not allow. Pure, so its
+    verdicts can be cached."""
+    line_end = head.find(b"\r\n")
+    request_line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if request_line is None:
+        raise FramingError(400, "malformed request line")
+    method, target, major, minor = request_line.groups()
+    if (major, minor) not in ((b"1", b"1"), (b"1", b"0")):
+        raise FramingError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+    block = head[line_end + 2 : -2]
+    if _FIELD_BLOCK.fullmatch(block) is None:
+        raise FramingError(400, "malformed header line (obs-fold, space before colon...)")
+    if block.count(b"\r\n") > max_headers:
+        raise FramingError(431, "too many header lines")
+    if method == b"CONNECT":
+        raise FramingError(501, "CONNECT is not supported (rrproxy does not tunnel)")
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise FramingError(400, "the asterisk form is for OPTIONS only")
+        elif _ABSOLUTE_FORM.fullmatch(target) is None:
+            raise FramingError(400, "malformed request target")
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    hosts: list[bytes] = []
+    upgrade = False
+    for name, raw_value in _FRAMING_FIELDS.findall(block):
+        value = raw_value.strip(b" \t")
+        first = name[:1].lower()
+        if first == b"c":
+            lengths.append(value)
+        elif first == b"t":
+            codings.append(value)
+        elif first == b"h":
+            hosts.append(value)
+        else:
+            upgrade = True
+    http11 = minor == b"1"
+    if len(hosts) > 1 or (http11 and not hosts):
+        raise FramingError(400, "an HTTP/1.1 request needs exactly one Host header")
+    if hosts and _HOST.fullmatch(hosts[0]) is None:
+        raise FramingError(400, "malformed Host header")
+    if codings:
+        if lengths:
+            raise FramingError(400, "both Content-Length and Transfer-Encoding")
+        if not http11:
+            raise FramingError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if len(codings) > 1:
+            raise FramingError(400, "more than one Transfer-Encoding header")
+        _check_codings(codings[0])
+        return CHUNKED, upgrade
+    if len(lengths) > 1:
+        raise FramingError(400, "more than one Content-Length header")
+    if lengths:
+        if _CONTENT_LENGTH.fullmatch(lengths[0]) is None:
+            raise FramingError(400, "malformed Content-Length")
+        return int(lengths[0]), upgrade
+    return 0, upgrade
+
+
+def _check_codings(value: bytes) -> None:
+    codings = []
+    for element in value.split(b","):
+        match = _CODING.fullmatch(element)
+        if match is None:
+            raise FramingError(400, "malformed Transfer-Encoding")
+        codings.append(match.group(1).lower())
+    # RFC 9112 §6.3: chunked must be the final coding, and only once.
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        raise FramingError(400, "chunked is not the final transfer coding")
+    if len(codings) > 1:
+        raise FramingError(501, "only the chunked transfer coding is supported")

@@ -72,7 +72,7 @@ def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> d
     path = unquote(raw_path.decode("latin-1"))
     scheme = "http" if kind == "http" else "ws"
     if connection.trust_forwarded:
-        for name, value in request.headers:
+        for name, value in connection.core.headers:
             if name == b"x-forwarded-proto" and value.lower() in (b"https", b"wss"):
                 scheme = "https" if kind == "http" else "wss"
     return {
@@ -85,7 +85,7 @@ def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> d
         "raw_path": root.encode() + raw_path if root else raw_path,
         "query_string": query,
         "root_path": root,
-        "headers": list(request.headers),
+        "headers": list(connection.core.headers),
         "client": connection.effective_client(request),
         "server": connection.server_address(),
         "state": dict(server.asgi_state),
@@ -219,7 +219,7 @@ class ASGIAdapter:
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
         from .websocket import WebSocketSession, is_websocket_upgrade
 
-        if is_websocket_upgrade(request):
+        if is_websocket_upgrade(request, connection.core.headers):
             await WebSocketSession(connection, request).run()
             return False
         return await run_http(connection, request)

@@ -169,7 +169,7 @@ class HTTPConnection:
     def effective_client(self, request: h11.Request) -> tuple[str, int] | None:
         """The client, or the one X-Forwarded-For names when the peer is trusted."""
         if self.trust_forwarded:
-            for name, value in request.headers:
+            for name, value in self.core.headers:
                 if name == b"x-forwarded-for":
                     host = forwarded_client(
                         value.decode("latin-1"), tuple(self.server.config.forwarded_allow_ips)
@@ -262,7 +262,7 @@ class HTTPConnection:
             server.request_limit_reached()
         self.handler_started = server.backend.current_time()
         self.request_line = (request.method, request.target)
-        length = self.core.declared_length(request)
+        length = self.core.declared_length()
         if length is not None and length > server.limits.max_body:
             # Refused before reading a byte of it (and before the handler runs).
             return await self.send_error(413)
@@ -274,7 +274,7 @@ class HTTPConnection:
         native = Request(
             method=request.method.decode("ascii"),
             target=request.target,
-            headers=Headers(request.headers),
+            headers=Headers(self.core.headers),
             client=self.effective_client(request),
             http_version=request.http_version.decode("ascii"),
             worker_id=server.worker_id,

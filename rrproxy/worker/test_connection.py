@@ -62,24 +62,26 @@ class MemoryTransport:
 def parse_responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     """Responses in a byte stream (Content-Length or chunked bodies; 1xx have none)."""
     out = []
-    while data:
-        head, _, data = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
+    at = 0
+    while at < len(data):
+        end = data.index(b"\r\n\r\n", at)
+        lines = data[at:end].split(b"\r\n")
+        at = end + 4
         status = int(lines[0].split()[1])
         headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
         body = b""
         if status >= 200:
             if headers.get(b"transfer-encoding") == b"chunked":
                 while True:
-                    size_line, _, data = data.partition(b"\r\n")
-                    size = int(size_line, 16)
-                    body += data[:size]
-                    data = data[size + 2 :]
+                    line_end = data.index(b"\r\n", at)
+                    size = int(data[at:line_end], 16)
+                    body += data[line_end + 2 : line_end + 2 + size]
+                    at = line_end + 4 + size
                     if size == 0:
                         break
             else:
                 length = int(headers.get(b"content-length", b"0"))
-                body, data = data[:length], data[length:]
+                body, at = data[at : at + length], at + length
         out.append((status, headers, body))
     return out
 

@@ -37,9 +37,9 @@ log = logging.getLogger("rrproxy.websocket")
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def is_websocket_upgrade(event: h11.Request) -> bool:
+def is_websocket_upgrade(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
     upgrade = connection = False
-    for name, value in event.headers:
+    for name, value in headers:
         if name == b"upgrade" and value.lower() == b"websocket":
             upgrade = True
         elif name == b"connection" and b"upgrade" in value.lower():
@@ -71,7 +71,7 @@ class WebSocketSession:
     # --- the ASGI side -------------------------------------------------------------
 
     async def run(self) -> None:
-        headers = dict(self.event.headers)
+        headers = dict(self.connection.core.headers)
         if headers.get(b"sec-websocket-version") != b"13" or b"sec-websocket-key" not in headers:
             await self.connection.send_error(400)
             return
@@ -157,7 +157,7 @@ class WebSocketSession:
 
     async def _accept(self, message: dict[str, Any]) -> None:
         connection = self.connection
-        key = dict(self.event.headers)[b"sec-websocket-key"]
+        key = dict(self.connection.core.headers)[b"sec-websocket-key"]
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
         headers = [
             (b"upgrade", b"websocket"),

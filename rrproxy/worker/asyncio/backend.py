@@ -84,16 +84,35 @@ class Scope:
             self._schedule()
 
     def _schedule(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+        """Make sure a timer fires by the deadline. Lazy, as the connection moves its
+        deadline on every wait: a timer that fires no later than the new deadline is
+        kept (it checks again when it fires), and a deadline of infinity leaves the
+        timer alone; so a keep-alive connection costs about one timer per keep-alive
+        period, not a call_at and a cancel per request."""
+        deadline = self._deadline
+        if deadline == math.inf:
+            return
+        handle = self._handle
+        if handle is not None:
+            if handle.when() <= deadline:
+                return
+            handle.cancel()
             self._handle = None
-        if self._deadline == math.inf:
+        assert self._loop is not None
+        if deadline <= self._loop.time():
+            self.cancel()
+        else:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._exited or self._cancel_called:
             return
         assert self._loop is not None
         if self._deadline <= self._loop.time():
             self.cancel()
         else:
-            self._handle = self._loop.call_at(self._deadline, self.cancel)
+            self._schedule()
 
     def cancel(self) -> None:
         if self._cancel_called or self._exited:
