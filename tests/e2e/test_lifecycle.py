@@ -12,15 +12,17 @@ import pytest
 
 from tests.helpers import PROBE, RawClient, RRProxy, get
 
+pytestmark = pytest.mark.usefixtures("each_loop")
+
 RELOAD_APP = """
 import os
-import trio
+import anyio
 from rrproxy import Response
 
 VERSION = "{version}"
 
 async def handler(request):
-    await trio.sleep(0.05)  # a handler that takes time, as real ones do
+    await anyio.sleep(0.05)  # a handler that takes time, as real ones do
     return Response(200, f"{{VERSION}} {{os.getpid()}}", [("x-version", VERSION)])
 """
 
