@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["front"]:
+        from .front import main as front_main
+
+        return front_main(argv[1:])
     if argv[:1] == ["faults"]:
         from .faults import main as faults_main
 

@@ -24,27 +24,38 @@ async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
     listener.setblocking(False)
     # The fd, not a Python socket object: the front only passes it on and closes it.
     accept = listener._accept  # type: ignore[attr-defined]
-    submit = dispatcher.submit
+    submit_many = dispatcher.submit_many
     while True:
-        if dispatcher.full:
+        room = dispatcher.room()
+        if room <= 0:
             await dispatcher.wait_for_room()
-        for _ in range(_BATCH):
+            continue
+        batch: list[tuple[int, str | None]] = []
+        limit = min(_BATCH, room)
+        wait = False
+        while len(batch) < limit:
             try:
                 fd, address = accept()
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
+                wait = True
                 break
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
                     log.warning("accept failed: %s; pausing %.1f s", exc, _RESOURCE_PAUSE)
+                    if batch:
+                        submit_many(batch)
                     await trio.sleep(_RESOURCE_PAUSE)
+                    batch = []
                     break
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the client gave up before we got to it
                 raise
-            submit(fd, address[0] if address else None)
-            if dispatcher.full:
-                break
+            batch.append((fd, address[0] if address else None))
+        if batch:
+            # Handed out together: one message per worker for the whole batch.
+            submit_many(batch)
+        if wait:
+            await trio.lowlevel.wait_readable(listener)
         else:
             # A full batch: let the rest of the front (acks, signals) run.
             await trio.lowlevel.checkpoint()

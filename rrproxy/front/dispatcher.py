@@ -2,7 +2,9 @@
 and the rule that a connection is the front's until a worker has it.
 
 Everything here is synchronous (sends never wait: a worker whose channel is full is
-passed over), so one accept costs one sendmsg and no task switch.
+passed over), so handing out costs no task switch. Connections accepted together are
+planned first and then sent in one NewConns message per worker: one sendmsg with
+several fds, not one per connection.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..ipc.channel import ChannelClosed
-from ..ipc.messages import NewConn
+from ..ipc.messages import MAX_BATCH, NewConn, NewConns
 from .policies import Policy
 from .workers import PendingConn, WorkerProcess, close_quietly
 
@@ -57,13 +59,30 @@ class Dispatcher:
     # --- intake --------------------------------------------------------------------
 
     def submit(self, fd: int, client: str | None = None) -> None:
-        conn = PendingConn(next(self._ids), fd, client=client)
-        self.held += 1
-        if self.queue or not self._hand(conn, require_room=True):
-            conn.queued_at = trio.current_time()
-            self.queue.append(conn)
+        self.submit_many([(fd, client)])
+
+    def submit_many(self, accepted: Sequence[tuple[int, str | None]]) -> None:
+        """Connections just accepted, as (fd, client address)."""
+        ids = self._ids
+        conns = [PendingConn(next(ids), fd, client=client) for fd, client in accepted]
+        self.held += len(conns)
+        # Behind a queue, in order: nobody overtakes a connection already waiting.
+        leftover = conns if self.queue else self._hand_out(conns, require_room=True)
+        if leftover:
+            now = trio.current_time()
+            for conn in leftover:
+                conn.queued_at = now
+            self.queue.extend(leftover)
             self._queued.set()
         self._update_events()
+
+    def room(self) -> int:
+        """How many more connections the acceptor may take now (see `full`)."""
+        room = self.max_held - self.held
+        limit = self.max_connections
+        if limit is not None:
+            room = min(room, limit - self.held - sum(w.connections_active for w in self._workers()))
+        return room
 
     @property
     def full(self) -> bool:
@@ -94,26 +113,55 @@ class Dispatcher:
 
     # --- handing out ---------------------------------------------------------------
 
-    def _hand(self, conn: PendingConn, require_room: bool) -> bool:
+    def _hand_out(self, conns: Sequence[PendingConn], require_room: bool) -> list[PendingConn]:
+        """Plan a worker for each connection (in order, stopping at the first one no
+        worker can take), send each worker its share in one message, and return the
+        connections that did not go (to be queued at the head, in order)."""
         workers = self._workers()
-        for _ in range(len(workers) + 1):
-            worker = self.policy.choose(workers, require_room, conn.client)
+        choose = self.policy.choose
+        now = trio.current_time()
+        plan: dict[WorkerProcess, list[PendingConn]] = {}
+        planned = 0
+        for conn in conns:
+            worker = choose(workers, require_room, conn.client)
             if worker is None:
-                return False
-            try:
-                sent = worker.channel.try_send(NewConn(conn.conn_id), conn.fd)
-            except ChannelClosed:
-                # Its end of the channel is gone: it is dying; its supervisor will
-                # see the exit. Meanwhile nobody hands it anything.
-                worker.channel.close()
-                continue
-            if sent:
-                conn.handed_at = trio.current_time()
-                worker.unacked[conn.conn_id] = conn
-                self.handed_total += 1
-                return True
+                break
+            # Counted as handed at once, so the policy sees this worker's window fill.
+            worker.unacked[conn.conn_id] = conn
+            conn.handed_at = now
+            share = plan.setdefault(worker, [])
+            share.append(conn)
+            planned += 1
+            if len(share) == MAX_BATCH:
+                self._send(worker, plan.pop(worker))
+        failed: list[PendingConn] = []
+        for worker, share in plan.items():
+            failed += self._send(worker, share)
+        if failed:
+            failed.sort(key=lambda c: c.conn_id)
+        return failed + list(conns[planned:])
+
+    def _send(self, worker: WorkerProcess, share: list[PendingConn]) -> list[PendingConn]:
+        """One message to `worker` with its planned connections; those it did not take."""
+        if len(share) == 1:
+            message: NewConn | NewConns = NewConn(share[0].conn_id)
+        else:
+            message = NewConns(tuple(conn.conn_id for conn in share))
+        try:
+            sent = worker.channel.try_send(message, [conn.fd for conn in share])
+        except ChannelClosed:
+            # Its end of the channel is gone: it is dying; its supervisor will see the
+            # exit. Meanwhile nobody hands it anything.
+            worker.channel.close()
+            sent = False
+        if sent:
+            self.handed_total += len(share)
+            return []
+        if not worker.channel.closed:
             worker.mark_channel_full(True)
-        return False
+        for conn in share:
+            worker.unacked.pop(conn.conn_id, None)
+        return share
 
     def pump(self) -> None:
         """Hand queued connections out while some worker can take one: one with room,
@@ -122,10 +170,20 @@ class Dispatcher:
         if queue:
             patience_over = trio.current_time() - HOLD_FOR_ROOM
             while queue:
-                conn = queue[0]
-                if not self._hand(conn, require_room=conn.queued_at > patience_over):
+                # The queue runs oldest first: those that waited HOLD_FOR_ROOM may go to
+                # a worker without room, the others wait for one with room.
+                patient = queue[0].queued_at <= patience_over
+                batch = []
+                while (
+                    queue
+                    and len(batch) < MAX_BATCH * 4
+                    and (queue[0].queued_at <= patience_over) == patient
+                ):
+                    batch.append(queue.popleft())
+                leftover = self._hand_out(batch, require_room=not patient)
+                if leftover:
+                    queue.extendleft(reversed(leftover))
                     break
-                queue.popleft()
         self._update_events()
 
     async def run(self) -> None:

@@ -140,8 +140,8 @@ class WorkerLink:
                 continue
             if received is None:
                 return
-            message, fd = received
-            _close_fd(fd)
+            message, fds = received
+            _close_fds(fds)
             try:
                 if self.ready:
                     self._handle(message)
@@ -169,7 +169,7 @@ class WorkerLink:
                 has_listener=shared,
                 worker_count=self.worker_count(),
             ),
-            self.listener.fileno() if shared else None,
+            [self.listener.fileno()] if shared else [],
         )
         with trio.fail_after(self.config.ready_timeout):
             while True:
@@ -221,8 +221,8 @@ class WorkerLink:
     async def _read(self) -> None:
         channel = self.worker.channel
         while True:
-            message, fd = await channel.receive()
-            _close_fd(fd)  # workers never send descriptors (the channel refuses them)
+            message, fds = await channel.receive()
+            _close_fds(fds)  # workers never send descriptors (the channel refuses them)
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
@@ -295,8 +295,8 @@ def _count(value: object) -> bool:
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
 
 
-def _close_fd(fd: int | None) -> None:
-    if fd is not None:
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
         try:
             os.close(fd)
         except OSError:

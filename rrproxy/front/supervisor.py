@@ -274,7 +274,8 @@ class Supervisor:
                 [
                     sys.executable,
                     "-m",
-                    "rrproxy.worker",
+                    # Benchmarks swap in loadtest.null_worker to measure the front alone.
+                    os.environ.get("RRPROXY_WORKER_MODULE", "rrproxy.worker"),
                     "--fd",
                     str(worker_end.fileno()),
                     "--slot",

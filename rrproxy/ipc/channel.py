@@ -14,6 +14,7 @@ import select
 import socket
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from ..worker.backend import Backend, ResourceClosed
 from . import messages
@@ -22,7 +23,7 @@ from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
 _FD_SIZE = array.array("i").itemsize
 #: Room for a few fds: a peer that sends more than one is a protocol error, but we
 #: still want to receive (and close) them rather than have the kernel truncate.
-_ANC_SIZE = socket.CMSG_SPACE(4 * _FD_SIZE)
+_ANC_SIZE = socket.CMSG_SPACE((messages.MAX_BATCH + 4) * _FD_SIZE)
 #: Received descriptors are close-on-exec from the start: a handler that runs
 #: `os.system(...)` must not pass our connections (or the channel) to its children.
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -43,7 +44,7 @@ class FdLost(Exception):
     file descriptors: MSG_CTRUNC). The sender still owns its copy and can retry."""
 
     def __init__(self, message: Message) -> None:
-        super().__init__(f"{type(message).__name__}: its fd was dropped (MSG_CTRUNC)")
+        super().__init__(f"{type(message).__name__}: its fds were dropped (MSG_CTRUNC)")
         self.message = message
 
 
@@ -86,7 +87,7 @@ class WorkerChannel:
         self._sock = sock
         self._buffer = bytearray(MAX_MESSAGE_SIZE + 1)
         self._view = memoryview(self._buffer)
-        self._backlog: deque[tuple[bytes, int | None]] = deque()
+        self._backlog: deque[tuple[bytes, Sequence[int]]] = deque()
         self._backlog_bytes = 0
         self._flushing = False
         self._burst = 0
@@ -115,14 +116,14 @@ class WorkerChannel:
 
     # --- sending ---------------------------------------------------------------
 
-    def _send_raw(self, data: bytes, fd: int | None) -> bool:
+    def _send_raw(self, data: bytes, fds: Sequence[int]) -> bool:
         """One nonblocking sendmsg; False on EAGAIN, ChannelClosed if broken."""
         try:
-            if fd is None:
+            if not fds:
                 self._sock.send(data)
             else:
                 self._sock.sendmsg(
-                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                 )
         except BlockingIOError:
             return False
@@ -130,25 +131,25 @@ class WorkerChannel:
             raise ChannelClosed(str(exc)) from None
         return True
 
-    def try_send(self, message: Message, fd: int | None = None) -> bool:
+    def try_send(self, message: Message, fds: Sequence[int] = ()) -> bool:
         """Send now or not at all: False when the peer's queue is full (the front
         then offers the connection to another worker)."""
         if self.closed:
             raise ChannelClosed("channel closed")
         if self._backlog:
             return False
-        return self._send_raw(messages.encode(message), fd)
+        return self._send_raw(messages.encode(message), fds)
 
-    async def send(self, message: Message, fd: int | None = None) -> None:
+    async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
         """Send, waiting for room if needed. Messages keep their order: concurrent
         senders queue behind the one that waits. The fd must stay open until the
         send completes (callers keep it until the peer answers anyway)."""
         if self.closed:
             raise ChannelClosed("channel closed")
         data = messages.encode(message)
-        if not self._backlog and self._send_raw(data, fd):
+        if not self._backlog and self._send_raw(data, fds):
             return
-        self._queue(data, fd)
+        self._queue(data, fds)
         await self.flush()
 
     def send_nowait(self, message: Message, force: bool = False) -> bool:
@@ -160,18 +161,18 @@ class WorkerChannel:
         if self.closed:
             raise ChannelClosed("channel closed")
         data = messages.encode(message)
-        if not self._backlog and self._send_raw(data, None):
+        if not self._backlog and self._send_raw(data, ()):
             return True
         limit = self.max_backlog
         if limit is not None and not force and self._backlog_bytes + len(data) > limit:
             raise QueueFull(f"{self._backlog_bytes} bytes already wait for the peer")
-        self._queue(data, None)
+        self._queue(data, ())
         return False
 
-    def _queue(self, data: bytes, fd: int | None) -> None:
+    def _queue(self, data: bytes, fds: Sequence[int]) -> None:
         if not self._backlog:
             self.backlog_since = self._backend.current_time()
-        self._backlog.append((data, fd))
+        self._backlog.append((data, fds))
         self._backlog_bytes += len(data)
         self.has_backlog.set()
 
@@ -186,8 +187,8 @@ class WorkerChannel:
             while self._backlog:
                 if self.closed:
                     raise ChannelClosed("channel closed")
-                data, fd = self._backlog[0]
-                if self._send_raw(data, fd):
+                data, fds = self._backlog[0]
+                if self._send_raw(data, fds):
                     self._backlog.popleft()
                     self._backlog_bytes -= len(data)
                     if not self._backlog:
@@ -217,7 +218,7 @@ class WorkerChannel:
 
     # --- receiving -------------------------------------------------------------
 
-    def _receive_raw(self) -> tuple[Message, int | None] | None:
+    def _receive_raw(self) -> tuple[Message, list[int]] | None:
         """One nonblocking recvmsg; None on EAGAIN."""
         try:
             nbytes, ancdata, flags, _ = self._sock.recvmsg_into(
@@ -247,12 +248,9 @@ class WorkerChannel:
                 message = messages.decode(bytes(self._view[:nbytes]))
             except ProtocolError:
                 message = None
-            if (
-                message is not None
-                and self.accepts_fds
-                and messages.carries_fd(message)
-                and len(fds) <= 1
-            ):
+            # Fewer than it should carry: lost to EMFILE. More: a broken sender.
+            expected = messages.fd_count(message) if message is not None else 0
+            if message is not None and self.accepts_fds and len(fds) <= expected and expected:
                 raise FdLost(message)
             raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
         if flags & socket.MSG_TRUNC or nbytes > MAX_MESSAGE_SIZE:
@@ -263,13 +261,13 @@ class WorkerChannel:
         except ProtocolError:
             _close_fds(fds)
             raise
-        expected = 1 if self.accepts_fds and messages.carries_fd(message) else 0
+        expected = messages.fd_count(message) if self.accepts_fds else 0
         if len(fds) != expected:
             _close_fds(fds)
             raise ProtocolError(
                 f"{type(message).__name__} arrived with {len(fds)} fds, expected {expected}"
             )
-        return message, (fds[0] if fds else None)
+        return message, fds
 
     # --- before any event loop runs (the worker's handshake) -------------------------
 
@@ -277,12 +275,12 @@ class WorkerChannel:
         """Send, waiting up to `timeout` seconds for room, without an event loop."""
         data = messages.encode(message)
         deadline = time.monotonic() + timeout
-        while not self._send_raw(data, None):
+        while not self._send_raw(data, ()):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([], [self._sock], [], remaining)[1]:
                 raise ChannelClosed("the peer does not read its channel")
 
-    def receive_blocking(self, timeout: float) -> tuple[Message, int | None] | None:
+    def receive_blocking(self, timeout: float) -> tuple[Message, list[int]] | None:
         """The next message, waiting up to `timeout` seconds without an event loop;
         None if none came in time."""
         deadline = time.monotonic() + timeout
@@ -299,14 +297,14 @@ class WorkerChannel:
         poller.register(self._sock, select.POLLIN | _POLLRDHUP)
         return any(events & (select.POLLHUP | _POLLRDHUP) for _, events in poller.poll(0))
 
-    def receive_nowait(self) -> tuple[Message, int | None] | None:
+    def receive_nowait(self) -> tuple[Message, list[int]] | None:
         """The next message if one is already waiting, else None (never blocks).
         Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
         if self.closed:
             raise ChannelClosed("channel closed")
         return self._receive_raw()
 
-    async def receive(self) -> tuple[Message, int | None]:
+    async def receive(self) -> tuple[Message, list[int]]:
         """Next message and the fd it carries (the caller owns and must close it).
         Raises ChannelClosed at EOF and ProtocolError for a malformed message."""
         self._burst += 1

@@ -89,6 +89,19 @@ class Load(Message):
     active: int
 
 
+@dataclass(frozen=True, slots=True)
+class NewConns(Message):
+    """front -> worker: several connections at once, their fds attached in the same
+    order (one sendmsg for a burst of accepts; answered one Taken each)."""
+
+    TAG: ClassVar[int] = 5
+    HEAD: ClassVar[struct.Struct] = struct.Struct("!BH")
+    conn_ids: tuple[int, ...]
+
+
+#: Most connections one NewConns carries (fds per SCM_RIGHTS message).
+MAX_BATCH = 32
+
 _BINARY: dict[int, type[Message]] = {cls.TAG: cls for cls in (NewConn, Taken, Rejected, Load)}
 
 
@@ -251,14 +264,23 @@ _JSON: dict[int, type[Message]] = {
 }
 
 
-def carries_fd(message: Message) -> bool:
-    """Whether exactly one fd travels with this message as SCM_RIGHTS data."""
-    return isinstance(message, NewConn) or (isinstance(message, Configure) and message.has_listener)
+def fd_count(message: Message) -> int:
+    """How many fds travel with this message as SCM_RIGHTS data."""
+    if isinstance(message, NewConn):
+        return 1
+    if isinstance(message, NewConns):
+        return len(message.conn_ids)
+    return 1 if isinstance(message, Configure) and message.has_listener else 0
 
 
 def encode(message: Message) -> bytes:
     """Serialize one message to the bytes of one datagram."""
     cls = type(message)
+    if cls is NewConns:
+        ids = message.conn_ids  # type: ignore[attr-defined]
+        if not 0 < len(ids) <= MAX_BATCH:
+            raise ValueError(f"NewConns carries 1 to {MAX_BATCH} connections")
+        return NewConns.HEAD.pack(NewConns.TAG, len(ids)) + struct.pack(f"!{len(ids)}Q", *ids)
     if cls in _BINARY_TYPES:
         return cls.STRUCT.pack(cls.TAG, *[getattr(message, n) for n in cls.__slots__])  # type: ignore[attr-defined]
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
@@ -278,6 +300,13 @@ def decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit")
     tag = data[0]
+    if tag == NewConns.TAG:
+        if len(data) < NewConns.HEAD.size:
+            raise ProtocolError("NewConns: short body")
+        count = NewConns.HEAD.unpack_from(data)[1]
+        if not 0 < count <= MAX_BATCH or len(data) != NewConns.HEAD.size + 8 * count:
+            raise ProtocolError(f"NewConns: body of {len(data)} bytes for {count} connections")
+        return NewConns(struct.unpack_from(f"!{count}Q", data, NewConns.HEAD.size))
     binary = _BINARY.get(tag)
     if binary is not None:
         layout: struct.Struct = binary.STRUCT  # type: ignore[attr-defined]

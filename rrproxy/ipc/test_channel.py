@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from .channel import ChannelClosed, WorkerChannel, socketpair
-from .messages import Hello, NewConn, ProtocolError, Stats, Taken, encode
+from .messages import Hello, NewConn, NewConns, ProtocolError, Stats, Taken, encode
 
 
 def _open_fds() -> int:
@@ -22,8 +22,8 @@ async def test_message_and_fd_round_trip():
     a, b = socketpair()
     front, worker = WorkerChannel(a), WorkerChannel(b)
     left, right = socket.socketpair()
-    assert front.try_send(NewConn(42), left.fileno())
-    message, fd = await worker.receive()
+    assert front.try_send(NewConn(42), [left.fileno()])
+    message, (fd,) = await worker.receive()
     assert message == NewConn(42)
     assert fd is not None and fd != left.fileno()
     with socket.socket(fileno=fd) as received:
@@ -126,4 +126,22 @@ async def test_too_many_fds_is_ctrunc_and_nothing_leaks():
         for s in pair:
             s.close()
     a.close()
+    worker.close()
+
+
+async def test_a_batch_of_fds_arrives_in_order():
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    pairs = [socket.socketpair() for _ in range(5)]
+    assert front.try_send(NewConns((1, 2, 3, 4, 5)), [left.fileno() for left, _ in pairs])
+    message, fds = await worker.receive()
+    assert message == NewConns((1, 2, 3, 4, 5)) and len(fds) == 5
+    for fd, (_, right) in zip(fds, pairs, strict=True):
+        with socket.socket(fileno=fd) as received:
+            received.sendall(b"x")
+            assert right.recv(1) == b"x"
+    for left, right in pairs:
+        left.close()
+        right.close()
+    front.close()
     worker.close()

@@ -7,21 +7,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .messages import (
+    MAX_BATCH,
     MAX_MESSAGE_SIZE,
     Configure,
     Failed,
     Hello,
     Load,
     NewConn,
+    NewConns,
     ProtocolError,
     Ready,
     Rejected,
     Stats,
     Stop,
     Taken,
-    carries_fd,
     decode,
     encode,
+    fd_count,
 )
 
 EXAMPLES = [
@@ -51,10 +53,24 @@ def test_hot_path_messages_are_small():
 
 
 def test_which_messages_carry_an_fd():
-    assert carries_fd(NewConn(1))
-    assert carries_fd(Configure(1, {}, has_listener=True))
-    assert not carries_fd(Configure(1, {}, has_listener=False))
-    assert not carries_fd(Taken(1, 0))
+    assert fd_count(NewConn(1)) == 1
+    assert fd_count(NewConns((1, 2, 3))) == 3
+    assert fd_count(Configure(1, {}, has_listener=True)) == 1
+    assert fd_count(Configure(1, {}, has_listener=False)) == 0
+    assert fd_count(Taken(1, 0)) == 0
+
+
+def test_new_conns_round_trip_and_bounds():
+    message = NewConns((1, 2, 2**64 - 1))
+    assert decode(encode(message)) == message
+    with pytest.raises(ValueError):
+        encode(NewConns(()))
+    with pytest.raises(ValueError):
+        encode(NewConns(tuple(range(MAX_BATCH + 1))))
+    data = encode(NewConns((1, 2)))
+    for bad in (data[:-1], data + b"x", data[:1], bytes([data[0], 0, 0])):
+        with pytest.raises(ProtocolError):
+            decode(bad)
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,12 @@
 the timeouts, the handler call and the response, over the I/O-free protocol core
 (protocol/http11.py) and a driver's Transport (worker/trio/, worker/asyncio/).
 
-Timeouts cost one cancel scope per connection, not one per wait: the scope's
-deadline is moved to the end of whatever the connection waits for (an idle
-keep-alive, the rest of a head, the next piece of a body) and back to infinity
-while the app works. When it fires, the connection ends; if a head was half
-received, the client gets 408. The worker's disconnect sweep cancels the same scope
-when a client leaves while its native handler runs.
+Timeouts cost one attribute write per wait: `wait_deadline` says when whatever the
+connection waits for (an idle keep-alive, the rest of a head, the next piece of a
+body) must have arrived, and the worker's Timeouts task (timeouts.py) cancels the
+connection's one cancel scope when it passes. The connection then ends; if a head
+was half received, the client gets 408. The worker's disconnect sweep cancels the
+same scope when a client leaves while its native handler runs.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class HTTPConnection:
         "scope",
         "server",
         "trust_forwarded",
+        "wait_deadline",
+        "watched_until",
         "websocket",
     )
 
@@ -74,6 +76,9 @@ class HTTPConnection:
         self.scope: CancelScope | None = None
         self.phase = BUSY
         self._gone = False
+        #: When the current wait must end (inf while the app works); see timeouts.py.
+        self.wait_deadline = math.inf
+        self.watched_until = math.inf
         #: When the current request's handling began (0: none), for the sweep.
         self.handler_started = 0.0
         #: (method, target) of the request being answered, for the access log.
@@ -117,8 +122,14 @@ class HTTPConnection:
 
     def drain(self, deadline: float) -> None:
         """The worker is draining: an idle connection closes by `deadline`."""
-        if self.phase == IDLE and self.scope is not None and self.scope.deadline > deadline:
-            self.scope.deadline = deadline
+        if self.phase == IDLE and self.wait_deadline > deadline:
+            self.wait_deadline = deadline
+            self.server.timeouts.watch(self, deadline)
+
+    def wait_expired(self) -> None:
+        """The Timeouts task: what we waited for did not come in time."""
+        if self.scope is not None:
+            self.scope.cancel()
 
     def client_gone(self) -> bool:
         return self.io is not None and self.io.client_gone()
@@ -130,21 +141,23 @@ class HTTPConnection:
 
     async def _wait_for_data(self, phase: int, deadline: float) -> None:
         """Read more from the client into the core, by `deadline` (or the scope ends)."""
-        assert self.io is not None and self.scope is not None
-        scope = self.scope
+        assert self.io is not None
         self.phase = phase
-        scope.deadline = deadline
+        self.wait_deadline = deadline
+        self.server.timeouts.watch(self, deadline)
         data = await self.io.receive()
-        scope.deadline = math.inf
+        self.wait_deadline = math.inf
         self.phase = BUSY
         self.core.receive_data(data)
 
     async def _read_proxy_header(self) -> bool:
         """--proxy-protocol: the real client's address comes first on the wire."""
-        assert self.io is not None and self.scope is not None
+        assert self.io is not None
         buffer = b""
         self.phase = BODY  # a timeout here closes silently
-        self.scope.deadline = self.server.backend.current_time() + self.server.config.header_timeout
+        deadline = self.server.backend.current_time() + self.server.config.header_timeout
+        self.wait_deadline = deadline
+        self.server.timeouts.watch(self, deadline)
         while True:
             data = await self.io.receive()
             if not data:
@@ -160,7 +173,7 @@ class HTTPConnection:
             info, used = parsed
             if info.client is not None:
                 self.client = info.client
-            self.scope.deadline = math.inf
+            self.wait_deadline = math.inf
             self.phase = BUSY
             if buffer[used:]:
                 self.core.receive_data(buffer[used:])

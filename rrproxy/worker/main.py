@@ -59,7 +59,7 @@ def _boot(sock: socket.socket, slot: int) -> int:
     channel = WorkerChannel(sock)
     channel.send_blocking(Hello(PROTOCOL_VERSION, os.getpid()))
     received = channel.receive_blocking(CONFIGURE_TIMEOUT)
-    message, fd = received if received is not None else (None, None)
+    message, fds = received if received is not None else (None, [])
     if isinstance(message, Stop):
         return 0  # stopped before it started (rrproxy is shutting down)
     if not isinstance(message, Configure):
@@ -75,7 +75,7 @@ def _boot(sock: socket.socket, slot: int) -> int:
     )
     cluster.worker_id = message.worker_id
     cluster.worker_count = message.worker_count
-    listener = socket.socket(fileno=fd) if fd is not None else None
+    listener = socket.socket(fileno=fds[0]) if fds else None
     if config.policy == "reuseport":
         try:
             listener = _bind_reuseport(config)
@@ -94,6 +94,8 @@ def _boot(sock: socket.socket, slot: int) -> int:
     # move it out of the collector's sight, so full collections stay short.
     gc.collect()
     gc.freeze()
+    if os.environ.get("RRPROXY_EXPERIMENT_NOGC"):
+        gc.disable()
     return backend.run(
         _serve, backend, channel, config, message.worker_id, handler, interface, listener
     )

@@ -18,6 +18,7 @@ from ..ipc.messages import LATENCY_BUCKETS
 from ..protocol.http11 import Limits
 from .backend import Backend, ResourceClosed, TaskGroup
 from .connection import DRAIN_IDLE_GRACE, HTTPConnection
+from .timeouts import Timeouts
 
 log = logging.getLogger("rrproxy.worker")
 
@@ -75,6 +76,8 @@ class WorkerServer:
         #: reuseport the front learns a client reached this worker only this way.
         self.on_first_connection: Callable[[], None] | None = None
         self._tasks: TaskGroup | None = None
+        #: Every connection's wait deadlines, on one heap (run by the worker).
+        self.timeouts = Timeouts(backend)
         self._all_closed = backend.event()
         self._all_closed.set()
         #: Set when connections closed since the last load report.

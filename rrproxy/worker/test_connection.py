@@ -109,8 +109,11 @@ def serve(
         transport = MemoryTransport(backend, pieces, hold)
         connection = HTTPConnection(server)
         server.connection_opened(connection)
-        with backend.move_on_after(5):
-            await connection.run(transport)  # type: ignore[arg-type]
+        async with backend.task_group() as tasks:
+            tasks.start_soon(server.timeouts.run)
+            with backend.move_on_after(5):
+                await connection.run(transport)  # type: ignore[arg-type]
+            tasks.cancel()
         return transport
 
     transport = backend.run(main)

@@ -18,6 +18,7 @@ from ..ipc.messages import (
     Load,
     Message,
     NewConn,
+    NewConns,
     Poll,
     ProtocolError,
     Ready,
@@ -104,6 +105,7 @@ class Worker:
             else:
                 server.on_first_connection = lambda: self._answer(Load(1))
             tasks.start_soon(server.sweep_disconnects)
+            tasks.start_soon(server.timeouts.run)
             tasks.start_soon(self._watch_signals)
             if self.lifespan is not None:
                 # Before Ready: under rr no connection arrives before startup is done.
@@ -218,7 +220,7 @@ class Worker:
         channel = self.channel
         while True:
             try:
-                message, fd = await channel.receive()
+                message, fds = await channel.receive()
             except ChannelClosed:
                 self.calls.fail_all("the front process went away")
                 # The front is gone: no orphans. Finish what we have and exit.
@@ -228,40 +230,47 @@ class Worker:
                 return
             except FdLost as exc:
                 # Out of fds: give the connection back; the front still holds it.
-                log.warning("out of file descriptors: returning a connection to the front")
-                if isinstance(exc.message, NewConn):
-                    self._answer(Rejected(exc.message.conn_id))
+                log.warning("out of file descriptors: returning connections to the front")
+                lost = exc.message
+                if isinstance(lost, NewConn):
+                    self._answer(Rejected(lost.conn_id))
+                elif isinstance(lost, NewConns):
+                    for conn_id in lost.conn_ids:
+                        self._answer(Rejected(conn_id))
                 continue
             except ProtocolError as exc:
                 log.error("invalid message from the front: %s", exc)
                 continue
-            self._handle(message, fd)
+            self._handle(message, fds)
 
-    def _handle(self, message: Message, fd: int | None) -> None:
+    def _take(self, conn_id: int, fd: int) -> None:
+        """A connection handed over by the front: serve it (or give it back)."""
         server = self.server
+        if server.draining:
+            os.close(fd)
+            self._answer(Rejected(conn_id))
+            return
+        try:
+            # Family, type and protocol given, not probed: three syscalls fewer per
+            # connection, and TCP is explicit. Trap: a socket rebuilt from a received
+            # fd may not carry its protocol; without TCP_NODELAY, Nagle plus delayed
+            # ACK adds ~40 ms per response.
+            sock = socket.socket(self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.error("received an unusable connection fd: %s", exc)
+            os.close(fd)
+            self._answer(Taken(conn_id, server.connections_active))
+            return
+        server.start_connection(sock, self._ack(conn_id))
+
+    def _handle(self, message: Message, fds: list[int]) -> None:
         match message:
             case NewConn(conn_id=conn_id):
-                assert fd is not None
-                if server.draining:
-                    os.close(fd)
-                    self._answer(Rejected(conn_id))
-                    return
-                try:
-                    # Family, type and protocol given, not probed: three syscalls fewer
-                    # per connection, and TCP is explicit (see the TCP_NODELAY trap).
-                    sock = socket.socket(
-                        self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd
-                    )
-                    # Trap: a socket rebuilt from a received fd may not carry its
-                    # protocol; without TCP_NODELAY, Nagle plus delayed ACK adds ~40 ms
-                    # per response.
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError as exc:
-                    log.error("received an unusable connection fd: %s", exc)
-                    os.close(fd)
-                    self._answer(Taken(conn_id, server.connections_active))
-                    return
-                server.start_connection(sock, self._ack(conn_id))
+                self._take(conn_id, fds[0])
+            case NewConns(conn_ids=conn_ids):
+                for conn_id, fd in zip(conn_ids, fds, strict=True):
+                    self._take(conn_id, fd)
             case Stop(timeout=timeout):
                 self.request_stop(timeout)
             case Poll():
@@ -275,7 +284,7 @@ class Worker:
             case Reply():
                 self.calls.reply(message)
             case _:
-                if fd is not None:
+                for fd in fds:
                     os.close(fd)
                 log.error("unexpected message from the front: %r", message)
 
