@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import shlex
@@ -20,8 +21,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rrproxy.config import POLICIES
 
-from .harness import run_one
-from .report import table, write_charts, write_json, write_markdown
 from .scenarios import SCENARIOS
 
 MODES = ("keep-alive", "close")
@@ -108,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return idle_main(argv[1:])
     args = parser().parse_args(argv)
+    missing = [m for m in ("hdrh", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"loadtest: needs {', '.join(missing)}: pip install 'rrproxy[loadtest]'",
+            file=sys.stderr,
+        )
+        return 2
+    from .harness import run_one
+    from .report import table, write_charts, write_json, write_markdown
+
     if args.duration <= 0 or args.duration > 600 or args.concurrency < 1:
         print("loadtest: --duration must be in (0, 600] and --concurrency >= 1", file=sys.stderr)
         return 2

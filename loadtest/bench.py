@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ from typing import Any
 
 from rrproxy.control import AdminClient
 
+from . import wrk as wrk_runner
+from .processes import register, stop_process_group
 from .server import REPO
 
 PY = sys.executable
@@ -106,6 +107,44 @@ TARGETS: dict[str, dict[str, Any]] = {
         ],
         "module": "hypercorn",
     },
+    "hypercorn asyncio": {
+        "argv": [
+            PY,
+            "-m",
+            "hypercorn",
+            "-k",
+            "uvloop",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:{port}",
+            "workers.asgi_hello:app",
+        ],
+        "module": "hypercorn",
+        "loop": "uvloop",
+    },
+    "granian asgi": {
+        "argv": [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--workers",
+            "2",
+            "--loop",
+            "uvloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "workers.asgi_hello:app",
+        ],
+        "module": "granian",
+        "loop": "uvloop (Rust HTTP)",
+    },
     "uvicorn h11 uvloop": {
         "argv": [
             PY,
@@ -162,6 +201,45 @@ TARGETS: dict[str, dict[str, Any]] = {
 }
 MODES = ("keep-alive", "close")
 
+#: What each target runs on: its HTTP parser and event loop, and the packages whose
+#: versions go into the results.
+STACKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rrproxy rr": ("h11, trio", ("rrproxy", "trio", "h11")),
+    "rrproxy none": ("h11, trio", ("rrproxy", "trio", "h11")),
+    "rrproxy rr asgi trio": ("h11, trio", ("rrproxy", "trio", "h11")),
+    "rrproxy rr asgi asyncio": ("h11, asyncio", ("rrproxy", "h11")),
+    "rrproxy rr asgi uvloop": ("h11, uvloop", ("rrproxy", "h11", "uvloop")),
+    "rrproxy none asgi uvloop": ("h11, uvloop", ("rrproxy", "h11", "uvloop")),
+    "gunicorn uvicorn-h11": ("h11, uvloop", ("gunicorn", "uvicorn-worker", "uvicorn", "h11")),
+    "hypercorn trio": ("h11, trio", ("hypercorn", "trio", "h11")),
+    "hypercorn asyncio": ("h11, uvloop", ("hypercorn", "uvloop", "h11")),
+    "granian asgi": ("Rust (hyper), uvloop", ("granian", "uvloop")),
+    "uvicorn h11 uvloop": ("h11, uvloop", ("uvicorn", "h11", "uvloop")),
+    "uvicorn standard": ("httptools (llhttp), uvloop", ("uvicorn", "httptools", "uvloop")),
+    "node cluster rr": ("llhttp, libuv", ("node",)),
+    "node cluster none": ("llhttp, libuv", ("node",)),
+}
+
+
+def versions(packages: tuple[str, ...]) -> dict[str, str]:
+    import importlib.metadata
+
+    found = {}
+    for package in packages:
+        if package == "node":
+            try:
+                found["node"] = subprocess.run(
+                    ["node", "--version"], capture_output=True, text=True, timeout=10
+                ).stdout.strip()
+            except OSError:
+                found["node"] = "missing"
+            continue
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
 
 def available(name: str) -> str | None:
     """None if the target can run here, else why not."""
@@ -202,28 +280,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(port: int, seconds: float, close: bool, connections: int = 64) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    output = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60
-    ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"(\d+) requests in", output)
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {
-        "rps": float(rps.group(1)) if rps else 0.0,
-        "requests": int(total.group(1)) if total else 0,
-        "p50_ms": _ms(p50.group(1)) if p50 else 0.0,
-        "p99_ms": _ms(p99.group(1)) if p99 else 0.0,
-        "errors": (sum(map(int, errors.groups())) if errors else 0)
-        + (int(non2xx.group(1)) if non2xx else 0),
-    }
+    return wrk_runner.run(f"http://127.0.0.1:{port}/", seconds, connections, close)
 
 
 def run_target(name: str, mode: str, duration: float, warmup: float) -> dict[str, Any]:
@@ -233,13 +290,15 @@ def run_target(name: str, mode: str, duration: float, warmup: float) -> dict[str
     admin = tmp / "admin.sock"
     argv = [a.format(port=port, admin=admin) for a in target["argv"]]
     env = {**os.environ, "PORT": str(port), "WORKERS": "2", **target.get("env", {})}
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    proc = register(
+        subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     )
     try:
         _wait_http(port)
@@ -263,15 +322,7 @@ def run_target(name: str, mode: str, duration: float, warmup: float) -> dict[str
             result["front_rss_mb"] = round(_rss(proc.pid) / 2**20, 1)
         return result
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
+        stop_process_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
         time.sleep(0.5)
 
@@ -319,22 +370,28 @@ def main(argv: list[str]) -> int:
                 result = run_target(name, mode, args.duration, args.warmup)
                 samples[mode][name].append(result)
                 print(
-                    f"round {round_index + 1} {mode:10} {name:22} {result['rps']:9.0f} req/s "
-                    f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms",
+                    f"round {round_index + 1} {mode:10} {name:24} {result['rps']:9.0f} req/s "
+                    f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms "
+                    f"p99.9 {result['p999_ms']:.2f} ms",
                     flush=True,
                 )
     summary = _summarize(samples)
+    stacks = {
+        name: {"runs_on": STACKS[name][0], "versions": versions(STACKS[name][1])} for name in names
+    }
     results = {
+        "command": "python -m loadtest bench " + " ".join(argv),
         "options": {k: str(v) for k, v in vars(args).items()},
+        "stacks": stacks,
         "skipped": skipped,
         "samples": samples,
         "summary": summary,
         "machine": {"cpus": os.cpu_count()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "bench.md").write_text(_markdown(summary, skipped))
+    (out / "bench.md").write_text(_markdown(summary, skipped, stacks))
     _chart(summary, out / "bench.png")
-    print(_markdown(summary, skipped))
+    print(_markdown(summary, skipped, stacks))
     print(f"results in {out}")
     return 0
 
@@ -348,6 +405,8 @@ def _summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str,
                 "median_rps": statistics.median(r["rps"] for r in runs),
                 "p50_ms": statistics.median(r["p50_ms"] for r in runs),
                 "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                "p999_ms": statistics.median(r.get("p999_ms", 0.0) for r in runs),
+                "mean_ms": statistics.median(r.get("mean_ms", 0.0) for r in runs),
                 "errors": sum(r["errors"] for r in runs),
                 **(
                     {
@@ -375,22 +434,31 @@ def _summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str,
     return summary
 
 
-def _markdown(summary: dict[str, Any], skipped: dict[str, str]) -> str:
+def _markdown(
+    summary: dict[str, Any], skipped: dict[str, str], stacks: dict[str, Any] | None = None
+) -> str:
     lines = []
     for mode, rows in summary.items():
         lines += [
             f"### {mode}",
             "",
-            "| target | median req/s | p50 ms | p99 ms | errors | ratio to rrproxy rr "
-            "| front µs per handoff | front share of a core |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| target | median req/s | mean ms | p50 ms | p99 ms | p99.9 ms | errors "
+            "| ratio to rrproxy rr | front µs per handoff | front share of a core |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in rows.items():
             lines.append(
-                f"| {name} | {row['median_rps']:,.0f} | {row['p50_ms']:.2f} | "
-                f"{row['p99_ms']:.2f} | {row['errors']} | {row['ratio_to_rrproxy_rr']} | "
+                f"| {name} | {row['median_rps']:,.0f} | {row.get('mean_ms', 0):.2f} | "
+                f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row.get('p999_ms', 0):.2f} | "
+                f"{row['errors']} | {row['ratio_to_rrproxy_rr']} | "
                 f"{row.get('front_us_per_handoff', '')} | {row.get('front_share_of_a_core', '')} |"
             )
+        lines.append("")
+    if stacks:
+        lines += ["| target | runs on | versions |", "| --- | --- | --- |"]
+        for name, stack in stacks.items():
+            pinned = ", ".join(f"{k} {v}" for k, v in stack["versions"].items())
+            lines.append(f"| {name} | {stack['runs_on']} | {pinned} |")
         lines.append("")
     for name, why in skipped.items():
         lines.append(f"- {name}: skipped ({why})")

@@ -27,6 +27,7 @@ from rrproxy.config import POLICIES
 from rrproxy.control import AdminClient
 
 from .bench import _free_port, _wait_http, wrk
+from .processes import register, stop_process_group
 from .server import REPO
 
 FAULTS = ("reload", "kill")
@@ -53,8 +54,14 @@ def run_one(policy: str, mode: str, fault: str, app: str, duration: float, at: f
         f"unix:{admin_path}",
         app,
     ]
-    proc = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    proc = register(
+        subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     )
     try:
         _wait_http(port)
@@ -83,20 +90,8 @@ def run_one(policy: str, mode: str, fault: str, app: str, duration: float, at: f
             "front_alive": proc.poll() is None,
         }
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(5)
 
 
 def markdown(runs: list[dict]) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import _free_port, _wait_http, wrk
-from .processes import stop_process_group
+from .processes import register, stop_process_group
 from .server import REPO
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -64,13 +64,15 @@ def _targets(port: int) -> dict[str, dict[str, Any]]:
 def run_one(name: str, duration: float, warmup: float) -> dict[str, Any]:
     port = _free_port()
     target = _targets(port)[name]
-    proc = subprocess.Popen(
-        target["argv"],
-        cwd=REPO,
-        env={**os.environ, **target.get("env", {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    proc = register(
+        subprocess.Popen(
+            target["argv"],
+            cwd=REPO,
+            env={**os.environ, **target.get("env", {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     )
     try:
         _wait_http(port)

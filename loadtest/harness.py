@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from . import wrk as wrk_runner
 from .generator import LoadResult, run_load
 from .report import jain, max_over_mean
 from .scenarios import Scenario
@@ -150,62 +149,28 @@ def run_wrk(
             body=scenario.body_size, method=scenario.method, slow=scenario.slow_fraction
         )
     )
-    argv = [
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{max(1, int(duration))}s",
-        "--latency",
-        "-s",
-        str(script),
-    ]
-    if not keep_alive:
-        argv += ["-H", "Connection: close"]
-    output = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=duration + 60
-    ).stdout
-
-    def ms(label: str) -> float:
-        match = re.search(rf"^\s+{re.escape(label)}\s+([\d.]+)(us|ms|s)\b", output, re.M)
-        if not match:
-            return 0.0
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    completed = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    errors: dict[str, int] = {}
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-        r"timeout (\d+)",
-        output,
+    result = wrk_runner.run(
+        f"http://127.0.0.1:{port}/",
+        duration,
+        concurrency,
+        close=not keep_alive,
+        script=script.read_text(),
     )
-    if socket_errors:
-        for name, value in zip(
-            ("connect", "read", "write", "timeout"), socket_errors.groups(), strict=True
-        ):
-            if int(value):
-                errors[name] = int(value)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non2xx:
-        errors["non-2xx"] = int(non2xx.group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    max_match = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
-    max_ms = 0.0
-    if max_match:
-        value, unit = float(max_match.group(1)), max_match.group(2)
-        max_ms = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = dict(result["errors_by_kind"])
+    if "status" in errors:
+        errors["non-2xx"] = errors.pop("status")
     return {
         "duration_s": duration,
-        "completed": completed,
+        "completed": result["requests"],
         "errors": errors,
-        "throughput_rps": rps,
+        "throughput_rps": result["rps"],
         "latency_ms": {
-            "p50": ms("50%"),
-            "p90": ms("90%"),
-            "p99": ms("99%"),
-            "p99.9": ms("99%"),
-            "max": max_ms,
-            "mean": 0.0,
+            "p50": result["p50_ms"],
+            "p90": result["p90_ms"],
+            "p99": result["p99_ms"],
+            "p99.9": result["p999_ms"],
+            "max": result["max_ms"],
+            "mean": result["mean_ms"],
         },
         "generator": "wrk",
     }

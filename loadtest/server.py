@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +10,8 @@ import time
 from pathlib import Path
 
 from rrproxy.control import AdminClient
+
+from .processes import register, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"rrproxy: listening on http://([^ ]+):(\d+) ")
@@ -46,13 +46,15 @@ class ServerUnderTest:
         self.port = 0
 
     def start(self, timeout: float = 60.0) -> None:
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+        self.proc = register(
+            subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
         )
         found = threading.Event()
 
@@ -74,12 +76,7 @@ class ServerUnderTest:
         return self.admin.json("GET", "/status")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_process_group(self.proc, grace=30)
         time.sleep(0.2)

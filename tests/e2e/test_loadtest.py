@@ -151,3 +151,69 @@ def test_bench_runs_targets_side_by_side(tmp_path: Path, wrk: str):
         assert rows["rrproxy rr"]["errors"] == rows["rrproxy none"]["errors"] == 0
     # The front's cost per handed-over connection is measured under rr.
     assert results["summary"]["close"]["rrproxy rr"]["front_us_per_handoff"] > 0
+
+
+def test_an_interrupted_bench_stops_every_server_and_wrk_it_started(wrk):
+    """SIGINT in the middle of a run: nothing the bench started is left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO, wait_until
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "bench", "--targets", "rrproxy rr", "--rounds", "1",
+         "--duration", "20", "--warmup", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def cmdline(pid: int) -> bytes:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                return file.read()
+        except OSError:
+            return b""
+
+    def started_by_bench() -> dict[int, bytes]:
+        running = {int(e): cmdline(int(e)) for e in os.listdir("/proc") if e.isdigit()}
+        return {
+            pid: argv
+            for pid, argv in running.items()
+            if pid not in before and (argv.startswith(b"wrk\x00") or b"-m\x00rrproxy\x00" in argv)
+        }
+
+    before: set[int] = {int(e) for e in os.listdir("/proc") if e.isdigit()}
+    try:
+        wait_until(
+            lambda: any(a.startswith(b"wrk") for a in started_by_bench().values()),
+            60,
+            0.2,
+            what="wrk running",
+        )
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(20) != 0
+        time.sleep(1.0)
+        assert started_by_bench() == {}
+        assert "interrupted" in bench.stderr.read()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+
+
+def test_the_harness_names_the_extra_when_its_libraries_are_missing():
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = (
+        "import sys; sys.modules['hdrh'] = None\n"
+        "from loadtest.__main__ import main\nsys.exit(main())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "rrproxy[loadtest]" in result.stderr and "Traceback" not in result.stderr
