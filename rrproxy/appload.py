@@ -81,28 +81,71 @@ def is_coroutine_callable(obj: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _call_target(obj: Any) -> Any:
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return obj
+    return obj.__call__ if callable(obj) else None
+
+
+def _required_positional(target: Any) -> int | None:
+    """How many positional parameters `target` requires (None: cannot tell; *args
+    counts as taking any number)."""
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return None
+    return sum(
+        1
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
+
+
 def is_asgi3(obj: Any) -> bool:
     """An ASGI 3 app: `async def app(scope, receive, send)`, or an object whose
     `__call__` is one (Starlette, FastAPI, most middleware)."""
-    if inspect.isfunction(obj) or inspect.ismethod(obj):
-        target = obj
-    else:
-        target = obj.__call__ if callable(obj) else None
+    target = _call_target(obj)
     if target is None or not inspect.iscoroutinefunction(target):
         return False
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
+    return _required_positional(target) == 3
+
+
+def is_wsgi(obj: Any) -> bool:
+    """A WSGI app: a plain callable taking `(environ, start_response)`, or an object
+    whose `__call__` does (Flask, Django's WSGIHandler, Pyramid's Router)."""
+    target = _call_target(obj)
+    if target is None or inspect.iscoroutinefunction(target):
         return False
-    positional = [
-        p
-        for p in parameters
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    return len(positional) == 3
+    return _required_positional(target) == 2
+
+
+def is_native(obj: Any) -> bool:
+    """A native handler: `(async) def handler(request)`."""
+    target = _call_target(obj)
+    return target is not None and _required_positional(target) == 1
+
+
+class UnknownInterface(AppLoadError):
+    """The app is none of the shapes rrproxy serves."""
 
 
 def detect_interface(obj: Any, requested: str) -> str:
     if requested != "auto":
         return requested
-    return "asgi" if is_asgi3(obj) else "native"
+    if is_asgi3(obj):
+        return "asgi"
+    if is_wsgi(obj):
+        return "wsgi"
+    if is_native(obj) or _required_positional(_call_target(obj)) is None:
+        return "native"
+    target = _call_target(obj)
+    kind = "async " if inspect.iscoroutinefunction(target) else ""
+    count = _required_positional(target)
+    raise UnknownInterface(
+        f"cannot tell what kind of app {obj!r} is: a {kind}callable taking {count} "
+        "positional arguments (a native handler takes 1 (request), a WSGI app 2 (environ, "
+        "start_response), an ASGI 3 app 3 and is async); use --interface, or --factory if "
+        "it builds the app"
+    )

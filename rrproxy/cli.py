@@ -188,10 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     asgi = parser.add_argument_group("ASGI", "running ASGI 3 apps (Starlette, FastAPI...)")
     asgi.add_argument(
         "--interface",
-        choices=("auto", "native", "asgi"),
+        choices=("auto", "native", "asgi", "wsgi"),
         default="auto",
-        help="auto: an async callable taking (scope, receive, send) is ASGI 3, anything "
-        "else the native handler API",
+        help="auto: an async callable taking (scope, receive, send) is ASGI 3, a callable "
+        "taking (environ, start_response) WSGI, one taking (request) the native handler API",
+    )
+    asgi.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="WSGI apps: threads per worker running the app (the event loop does the I/O)",
     )
     asgi.add_argument(
         "--loop",
@@ -343,6 +350,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()
         ),
         interface=args.interface,
+        threads=args.threads,
+        heartbeat_timeout=args.timeout,
         loop=args.loop,
         lifespan=args.lifespan,
         root_path=args.root_path.rstrip("/"),

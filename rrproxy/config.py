@@ -68,6 +68,11 @@ class WorkerConfig:
     #: The workers' event loop: "auto" (trio for native handlers, asyncio/uvloop for
     #: ASGI apps), "trio", "asyncio" or "uvloop".
     loop: str = "auto"
+    #: WSGI apps: threads per worker running the app (gunicorn's gthread --threads).
+    threads: int = 1
+    #: The front's --timeout, so a worker whose every WSGI thread is stuck can stop
+    #: its heartbeat in time (0: never).
+    heartbeat_timeout: float = 30.0
     lifespan: str = "auto"
     root_path: str = ""
     ws_max_size: int = 16 * 1024 * 1024
@@ -139,6 +144,8 @@ class Config:
             raise ConfigError("--timeout must not be negative (0 disables it)")
         if worker.max_header_size < 1024:
             raise ConfigError("--max-header-size must be at least 1K")
+        if worker.threads < 1 or worker.threads > 1024:
+            raise ConfigError("--threads must be between 1 and 1024")
         if worker.max_headers < 1:
             raise ConfigError("--max-headers must be at least 1")
         if worker.max_body_size < 0:

@@ -47,6 +47,19 @@ class InvalidResponse(Exception):
     """What the app asked us to send is not valid HTTP (h11 refused it)."""
 
 
+class _Length:
+    """Stands for `count` bytes sent by sendfile, so h11 counts them (h11's
+    Content-Length writer only takes len() of what it passes through)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def header_pairs(request: h11.Request) -> list[tuple[bytes, bytes]]:
     """The request's headers as a list: h11's Headers is a Sequence whose iteration
     goes through the ABC one __getitem__ at a time (24 calls a request showed in the
@@ -226,6 +239,14 @@ class ServerConnection:
             return self.conn.send(h11.Data(data=data))
         except h11.LocalProtocolError as exc:
             raise InvalidResponse(str(exc)) from None
+
+    def sent_elsewhere(self, count: int) -> None:
+        """`count` body bytes went out without passing through here (os.sendfile of a
+        file, under Content-Length framing): account for them in h11's state."""
+        pieces = self.conn.send_with_data_passthrough(h11.Data(data=_Length(count)))
+        if pieces is None or len(pieces) != 1 or not isinstance(pieces[0], _Length):
+            # Only Content-Length framing passes the data on untouched.
+            raise InvalidResponse("a file can only be sent with a Content-Length")
 
     def end(self) -> bytes:
         try:

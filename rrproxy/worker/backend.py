@@ -86,6 +86,10 @@ class Transport(Protocol):
         """All of `data`; ClientDisconnected if the client is gone or takes none of
         it for the transport's send timeout."""
 
+    async def sendfile(self, file: Any, offset: int, count: int) -> int:
+        """`count` bytes of an open file from `offset` (os.sendfile where the loop can);
+        how many were sent. ClientDisconnected as for send()."""
+
     def client_gone(self) -> bool:
         """Whether the client has closed or reset its side (for the disconnect
         sweep; a half-close counts as gone, as for uvicorn and Node)."""
@@ -139,7 +143,23 @@ class Backend(Protocol):
         self, host: str, port: int, tls_hostname: str | None = None
     ) -> Stream: ...
 
+    def thread_pool(self, size: int) -> ThreadPool:
+        """Run blocking code (WSGI apps) in `size` threads; see ThreadPool."""
+
     def run(self, main: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+
+class ThreadPool(Protocol):
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a pool thread (waiting for a free one if all are busy),
+        its result back on the loop."""
+
+    def call_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        """From a pool thread: run `function(*args)` on the loop soon (thread-safe)."""
+
+    def call_async(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """From a pool thread: run `await function(*args)` on the loop, and wait for
+        its result (or exception) in this thread."""
 
 
 class Queue:

@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import sys
+from typing import Any
 
 from .. import cluster
 from ..appload import AppLoadError, detect_interface, is_coroutine_callable, load_app
@@ -37,7 +38,7 @@ def choose_backend(loop: str, interface: str) -> Backend:
     """The event loop for this app: ValueError (one line for the user) if the one
     asked for cannot run here."""
     if loop == "auto":
-        if interface == "native":
+        if interface in ("native", "wsgi"):
             loop = "trio"
         else:
             loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
@@ -118,7 +119,13 @@ async def _serve(
     retire_after = 0
     if config.max_requests > 0:
         retire_after = config.max_requests + random.randint(0, config.max_requests_jitter)
-    adapter = ASGIAdapter(handler) if interface == "asgi" else None  # type: ignore[arg-type]
+    adapter: Any = None
+    if interface == "asgi":
+        adapter = ASGIAdapter(handler)  # type: ignore[arg-type]
+    elif interface == "wsgi":
+        from .wsgi import WSGIAdapter
+
+        adapter = WSGIAdapter(handler, backend, config.threads)  # type: ignore[arg-type]
     server = WorkerServer(
         config,
         worker_id,

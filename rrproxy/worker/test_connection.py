@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ..config import WorkerConfig
+from ..protocol.http11 import NEED_DATA
 from .asgi import ASGIAdapter
 from .asyncio import make_backend
 from .backend import Backend
@@ -240,3 +241,20 @@ def test_empty_lines_cannot_keep_a_connection_open(backend: Backend):
     responses, transport = serve(backend, [GET, b"\r\n", b"\r\n"], hold=True)
     assert [s for s, _, _ in responses] == [200, 408]
     assert transport.closed
+
+
+def test_bytes_sent_with_sendfile_are_counted_by_h11():
+    from ..protocol.http11 import InvalidResponse, Limits, ServerConnection
+
+    core = ServerConnection(Limits())
+    core.receive_data(GET)
+    assert core.next_request() is not NEED_DATA
+    core.response(200, [(b"content-length", b"1000")], None)
+    core.sent_elsewhere(1000)
+    assert core.end() == b""
+    chunked = ServerConnection(Limits())
+    chunked.receive_data(GET)
+    chunked.next_request()
+    chunked.response(200, [], None)
+    with pytest.raises(InvalidResponse):
+        chunked.sent_elsewhere(10)

@@ -193,9 +193,19 @@ class Worker:
     async def _report_stats(self) -> None:
         # Sent from the event loop on purpose: it is also the heartbeat, so a loop
         # blocked by a handler falls silent and the front can tell.
-        interval = self.server.config.stats_interval
+        config = self.server.config
+        interval = config.stats_interval
+        stuck = getattr(self.server.adapter, "stuck", None)
         while not self.channel.closed:
             await self.backend.sleep(interval)
+            if (
+                stuck is not None
+                and config.heartbeat_timeout
+                and stuck(config.heartbeat_timeout / 2)
+            ):
+                # Every WSGI thread is stuck in one request: fall silent, so the front
+                # replaces this worker after --timeout, as for a blocked event loop.
+                continue
             self._answer(self._stats())
 
     async def _report_load(self) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..backend import Queue, ResourceClosed, Stream, Transport
@@ -286,6 +287,9 @@ class AsyncioBackend:
         )
         return _Stream(reader, writer)
 
+    def thread_pool(self, size: int) -> _ThreadPool:
+        return _ThreadPool(size)
+
     def run(self, main: Callable[..., Awaitable[T]], *args: Any) -> T:
         factory = None
         if self.uvloop:
@@ -294,6 +298,32 @@ class AsyncioBackend:
             factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(main(*args))  # type: ignore[arg-type]
+
+
+class _ThreadPool:
+    def __init__(self, size: int) -> None:
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="rrproxy-wsgi")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = self._loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, function, *args)
+        # A thread cannot be stopped: if we are cancelled, still wait for it (shielded)
+        # so the request's state is not torn down under the running app.
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    def call_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(function, *args)
+
+    def call_async(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(function(*args), self._loop).result()  # type: ignore[arg-type]
 
 
 def make_backend(loop: str) -> AsyncioBackend:

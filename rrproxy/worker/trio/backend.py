@@ -96,8 +96,32 @@ class TrioBackend:
         return stream  # type: ignore[return-value]
 
     @staticmethod
+    def thread_pool(size: int) -> _ThreadPool:
+        return _ThreadPool(size)
+
+    @staticmethod
     def run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.run(main, *args)
+
+
+class _ThreadPool:
+    def __init__(self, size: int) -> None:
+        self._limiter = trio.CapacityLimiter(size)
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._token is None:
+            self._token = trio.lowlevel.current_trio_token()
+        # abandon_on_cancel=False: a thread cannot be stopped, so its caller waits for
+        # it whatever happens (the thread's own writes notice a gone client).
+        return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+    def call_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(function, *args)
+
+    def call_async(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(function, *args, trio_token=self._token)
 
 
 BACKEND = TrioBackend()

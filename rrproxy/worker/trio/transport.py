@@ -3,6 +3,7 @@ only waits on EAGAIN), one syscall per read and per response on the hot path."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,24 @@ class TrioTransport:
             if sent == len(view):
                 return
             view = memoryview(view)[sent:]
+
+    async def sendfile(self, file: Any, offset: int, count: int) -> int:
+        sock = self.sock
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(sock.fileno(), file.fileno(), offset + sent, count - sent)
+            except BlockingIOError:
+                with trio.move_on_after(self._send_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                raise ClientDisconnected("client took no response bytes in time") from None
+            except OSError as exc:
+                raise ClientDisconnected(f"client went away: {exc}") from None
+            if n == 0:
+                break  # the file is shorter than announced
+            sent += n
+        return sent
 
     def client_gone(self) -> bool:
         try:

@@ -1,0 +1,486 @@
+"""WSGI (PEP 3333): the app runs in the worker's pool of --threads threads, as in
+gunicorn's gthread worker, while the worker's event loop does every byte of socket
+I/O: keep-alive, pipelining, limits, timeouts, slow clients and the disconnect sweep
+never hold a thread.
+
+A request reaches a thread once its head and the first BUFFERED_BODY bytes of its
+body have arrived (the whole body, for most requests); a larger body streams into
+`wsgi.input` from the loop as the app reads it, and then the thread waits for the
+client. The response goes the other way: the thread hands chunks to the loop, which
+writes them; a small response leaves in one write with its head and a
+Content-Length, a streamed one as it comes (the thread may run STREAM_AHEAD bytes
+ahead of the client, then waits).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import h11
+
+from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
+from ..protocol.http11 import InvalidResponse
+
+if TYPE_CHECKING:
+    from .backend import Backend, ThreadPool
+    from .connection import HTTPConnection
+
+log = logging.getLogger("rrproxy.wsgi")
+
+#: Body bytes read on the loop before the app runs (a slow client costs no thread).
+BUFFERED_BODY = 1024 * 1024
+#: Response bytes a thread may produce ahead of what the client has taken.
+STREAM_AHEAD = 256 * 1024
+_STATUS = re.compile(r"[1-9][0-9]{2} [^\r\n]*")
+_FILE_CHUNK = 1024 * 1024
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: a file the loop sends with os.sendfile (falls back to
+    reading blocks for objects without a real file descriptor)."""
+
+    def __init__(self, file: Any, block_size: int = 8192) -> None:
+        self.file = file
+        self.block_size = block_size
+
+    def __iter__(self) -> Any:
+        read = self.file.read
+        while True:
+            block = read(self.block_size)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.file, "close", None)
+        if close is not None:
+            close()
+
+
+class WSGIInput(io.RawIOBase):
+    """`wsgi.input`: the buffered start of the body, then more from the loop."""
+
+    def __init__(self, initial: bytes, more: Callable[[], bytes | None] | None) -> None:
+        self._buffer = bytearray(initial)
+        self._more = more
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        if self._more is None:
+            return False
+        chunk = self._more()
+        if chunk is None:
+            self._more = None
+            return False
+        self._buffer += chunk
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            size = len(self._buffer)
+        while len(self._buffer) < size and self._fill():
+            pass
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = size if size is not None and size >= 0 else None
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 or (limit is not None and len(self._buffer) >= limit):
+                break
+            if not self._fill():
+                break
+        cut = end + 1 if end >= 0 else len(self._buffer)
+        if limit is not None:
+            cut = min(cut, limit)
+        data = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:  # type: ignore[override]
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+class _ErrorStream:
+    """`wsgi.errors`: lines to the worker's log."""
+
+    def write(self, text: str) -> int:
+        for line in text.rstrip("\n").splitlines():
+            log.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
+_ERRORS = _ErrorStream()
+
+
+def build_environ(
+    connection: HTTPConnection, request: h11.Request, body: WSGIInput, threads: int
+) -> dict[str, Any]:
+    config = connection.server.config
+    raw_path, _, query = request.target.partition(b"?")
+    if raw_path[:1] != b"/" and b"://" in raw_path:
+        rest = raw_path.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        raw_path = rest[slash:] if slash >= 0 else b"/"
+    path = unquote_to_bytes(raw_path).decode("latin-1")
+    root = config.root_path
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
+    server = connection.server_address() or (config.bind_host or "localhost", config.bind_port)
+    client = connection.effective_client(request)
+    scheme = "http"
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method.decode("latin-1"),
+        "SCRIPT_NAME": root,
+        "PATH_INFO": path,
+        "QUERY_STRING": query.decode("latin-1"),
+        "RAW_URI": request.target.decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("latin-1"),
+        "REMOTE_ADDR": client[0] if client else "",
+        "REMOTE_PORT": str(client[1]) if client else "",
+        "wsgi.version": (1, 0),
+        "wsgi.input": body,
+        "wsgi.errors": _ERRORS,
+        "wsgi.multithread": threads > 1,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    for name, value in connection.core.headers:
+        if b"_" in name:
+            continue  # X_Forwarded_For must not pass for X-Forwarded-For (gunicorn drops it too)
+        text = value.decode("latin-1")
+        if name == b"content-type":
+            environ["CONTENT_TYPE"] = text
+            continue
+        if name == b"content-length":
+            environ["CONTENT_LENGTH"] = text
+            continue
+        trusted = name == b"x-forwarded-proto" and connection.trust_forwarded
+        if trusted and value.lower() == b"https":
+            scheme = "https"
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        environ[key] = environ[key] + "," + text if key in environ else text
+    environ["wsgi.url_scheme"] = scheme
+    return environ
+
+
+class Exchange:
+    """One request's response, handed from the app's thread to the loop."""
+
+    def __init__(self, connection: HTTPConnection, pool: ThreadPool, backend: Backend) -> None:
+        self.connection = connection
+        self.pool = pool
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)
+        self.status: int = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.file: tuple[Any, int] | None = None
+        self.buffered = 0
+        self.head_sent = False
+        self.done = False
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._notified = False
+        self._wake = backend.event()
+
+    # --- in the app's thread --------------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            with self.lock:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+        elif self.status:
+            raise RuntimeError("start_response called a second time without exc_info")
+        if not isinstance(status, str) or not _STATUS.fullmatch(status):
+            raise ValueError(f"invalid WSGI status {status!r}")
+        encoded = []
+        for pair in headers:
+            if not (
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            ):
+                raise TypeError(f"WSGI headers are (str, str) pairs, got {pair!r}")
+            # Stripped as gunicorn does: Django's Set-Cookie values start with a space
+            # (SimpleCookie.output(header="")), which h11 rightly refuses on the wire.
+            name, value = pair[0].strip().encode("latin-1"), pair[1].strip(" \t").encode("latin-1")
+            encoded.append((name.lower(), value))
+        with self.lock:
+            self.status = int(status[:3])
+            self.headers = encoded
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"WSGI body chunks are bytes, got {type(data).__name__}")
+        if not self.status:
+            raise RuntimeError("body data before start_response")
+        if not data:
+            return
+        with self.room:
+            while self.buffered > STREAM_AHEAD and not self.cancelled:
+                self.room.wait()
+            if self.cancelled:
+                raise ClientDisconnected("the client went away")
+            self.chunks.append(bytes(data))
+            self.buffered += len(data)
+            self._notify_locked()
+
+    def run_app(self, app: Callable[..., Any], environ: dict[str, Any]) -> None:
+        result = None
+        try:
+            result = app(environ, self.start_response)
+            file = getattr(result, "file", None) if isinstance(result, FileWrapper) else None
+            if file is not None and _has_fileno(file) and self.status:
+                self.file = (file, file.tell() if hasattr(file, "tell") else 0)
+                return
+            for chunk in result:
+                self.write(chunk)
+            if not self.status:
+                raise RuntimeError("the app returned without calling start_response")
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            try:
+                close = getattr(result, "close", None)
+                if close is not None and self.file is None:
+                    close()
+            except BaseException as exc:  # PEP 3333: close() is always called
+                self.error = self.error or exc
+            with self.lock:
+                self.done = True
+                self._notify_locked()
+
+    def _notify_locked(self) -> None:
+        if not self._notified:
+            self._notified = True
+            self.pool.call_soon(self._wake.set)
+
+    # --- on the loop ---------------------------------------------------------------
+
+    def cancel(self) -> None:
+        with self.room:
+            self.cancelled = True
+            self.room.notify_all()
+
+    async def deliver(self, head: bool) -> bool:
+        """Write what the thread produces as it comes; True if the connection may
+        carry another request."""
+        connection = self.connection
+        core = connection.core
+        sent_total = 0
+        while True:
+            await self._wake.wait()
+            with self.lock:
+                self._wake = self.backend.event()
+                self._notified = False
+                chunks, self.chunks = self.chunks, []
+                done, error, file = self.done, self.error, self.file
+                first = not self.head_sent and bool(chunks or done)
+                if first and error is None:
+                    self.head_sent = True
+            if not self.head_sent:
+                if error is not None:
+                    return await self._fail(error)
+                continue  # nothing to write yet
+            data = b"".join(chunks)
+            try:
+                out = b""
+                if first:
+                    headers = self.headers
+                    chunked = any(k == b"transfer-encoding" for k, _ in headers)
+                    if done and error is None and file is None and not chunked:
+                        # The common case: the whole response, one write, Content-Length.
+                        out = core.response(
+                            self.status, headers, data, head=head, close=connection.server.draining
+                        )
+                        await self._send(out, len(data))
+                        connection.finished(self.status, 0 if head else len(data))
+                        return True
+                    if file is not None and not any(k == b"content-length" for k, _ in headers):
+                        headers.append((b"content-length", b"%d" % _file_size(*file)))
+                    out = core.response(
+                        self.status, headers, None, head=head, close=connection.server.draining
+                    )
+                if data and not head:
+                    out += core.chunk(data)
+                if done and error is not None:
+                    log.error("WSGI app failed after the head went out: %r", error)
+                    if out:
+                        await self._send(out, len(data))
+                    return False  # closing without the end tells the client
+                if done and file is not None:
+                    await self._send(out, 0)
+                    out = b""
+                    if not head:
+                        sent_total += await self._send_file(*file)
+                if done:
+                    out += core.end()
+            except InvalidResponse as exc:
+                if first:
+                    log.error("invalid response from the WSGI app: %s", exc)
+                    return await connection.send_error(500, written=False)
+                log.error("WSGI response broke its own framing: %s", exc)
+                return False
+            await self._send(out, len(data))
+            sent_total += len(data)
+            if done:
+                connection.finished(self.status, 0 if head else sent_total)
+                return True
+
+    async def _send(self, data: bytes, produced: int) -> None:
+        """Write, then give the thread room for what it produced."""
+        try:
+            if data:
+                await self.connection.send(data)
+        except ClientDisconnected:
+            self.cancel()
+            raise
+        if produced:
+            with self.room:
+                self.buffered -= produced
+                self.room.notify_all()
+
+    async def _send_file(self, file: Any, offset: int) -> int:
+        io_ = self.connection.io
+        assert io_ is not None
+        size = _file_size(file, offset)
+        try:
+            sent = await io_.sendfile(file, offset, size)
+        finally:
+            await self.pool.run(file.close)
+        self.connection.core.sent_elsewhere(sent)
+        return sent
+
+    async def _fail(self, error: BaseException) -> bool:
+        connection = self.connection
+        if isinstance(error, BodyTooLarge):
+            return await connection.send_error(413)
+        if isinstance(error, MalformedBody):
+            return await connection.send_error(error.status)
+        if isinstance(error, ClientDisconnected):
+            raise error
+        log.error(
+            "WSGI app failed: %s",
+            "".join(_format(error)) if not isinstance(error, ValueError | TypeError) else error,
+        )
+        response = connection.internal_error(error)
+        return await connection.send_response(response, False)
+
+
+def _format(error: BaseException) -> list[str]:
+    import traceback
+
+    return traceback.format_exception(error)
+
+
+def _has_fileno(file: Any) -> bool:
+    try:
+        file.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _file_size(file: Any, offset: int) -> int:
+    import os
+
+    return max(0, os.fstat(file.fileno()).st_size - offset)
+
+
+class WSGIAdapter:
+    """Serves requests with a WSGI app in a pool of threads."""
+
+    def __init__(self, app: Callable[..., Any], backend: Backend, threads: int) -> None:
+        self.app = app
+        self.backend = backend
+        self.threads = threads
+        self.pool = backend.thread_pool(threads)
+        #: When each running app call started (for the stuck-pool heartbeat rule).
+        self.running: dict[int, float] = {}
+        self._ids = 0
+
+    def stuck(self, after: float) -> bool:
+        """Every thread has been busy with one request for more than `after` seconds:
+        the worker stops its heartbeat so the front can replace it."""
+        if len(self.running) < self.threads:
+            return False
+        return max(self.running.values()) < self.backend.current_time() - after
+
+    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        parts: list[bytes] = []
+        size = 0
+        complete = False
+        try:
+            while size < BUFFERED_BODY:
+                chunk = await connection.read_body_chunk()
+                if chunk is None:
+                    complete = True
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except BodyTooLarge:
+            return await connection.send_error(413)
+        except MalformedBody as exc:
+            return await connection.send_error(exc.status)
+        pool = self.pool
+        more = None if complete else lambda: pool.call_async(connection.read_body_chunk)
+        body = WSGIInput(b"".join(parts), more)
+        environ = build_environ(connection, request, body, self.threads)
+        exchange = Exchange(connection, pool, self.backend)
+        self._ids += 1
+        job = self._ids
+        async with self.backend.task_group() as tasks:
+            tasks.start_soon(self._run, job, exchange, environ)
+            try:
+                return await exchange.deliver(request.method == b"HEAD")
+            except BaseException:
+                exchange.cancel()
+                raise
+
+    async def _run(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
+        self.running[job] = self.backend.current_time()
+        try:
+            await self.pool.run(exchange.run_app, self.app, environ)
+        finally:
+            del self.running[job]
+
+
+__all__ = ["FileWrapper", "WSGIAdapter", "WSGIInput", "build_environ"]
