@@ -31,7 +31,7 @@ from .server import REPO
 PY = sys.executable
 
 
-def _rrproxy(policy: str, app: str, loop: str = "auto") -> list[str]:
+def _rrproxy(policy: str, app: str, loop: str = "auto", *extra: str) -> list[str]:
     return [
         PY,
         "-m",
@@ -50,6 +50,7 @@ def _rrproxy(policy: str, app: str, loop: str = "auto") -> list[str]:
         "unix:{admin}",
         "--loop",
         loop,
+        *extra,
         app,
     ]
 
@@ -74,6 +75,57 @@ TARGETS: dict[str, dict[str, Any]] = {
         "argv": _rrproxy("none", "workers.asgi_hello:app", "uvloop"),
         "rrproxy": True,
         "module": "uvloop",
+    },
+    "rrproxy wsgi flask trio": {
+        "argv": _rrproxy("rr", "workers.flask_hello:app", "trio", "--threads", "4"),
+        "rrproxy": True,
+        "module": "flask",
+    },
+    "rrproxy wsgi flask uvloop": {
+        "argv": _rrproxy("rr", "workers.flask_hello:app", "uvloop", "--threads", "4"),
+        "rrproxy": True,
+        "module": "flask",
+    },
+    "rrproxy none wsgi flask uvloop": {
+        "argv": _rrproxy("none", "workers.flask_hello:app", "uvloop", "--threads", "4"),
+        "rrproxy": True,
+        "module": "flask",
+    },
+    "gunicorn gthread flask": {
+        "argv": [
+            PY,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+            "-b",
+            "127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "workers.flask_hello:app",
+        ],
+        "module": "flask",
+    },
+    "gunicorn sync flask": {
+        "argv": [
+            PY,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-k",
+            "sync",
+            "-b",
+            "127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "workers.flask_hello:app",
+        ],
+        "module": "flask",
     },
     "gunicorn uvicorn-h11": {
         "argv": [
@@ -216,6 +268,17 @@ STACKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "granian asgi": ("Rust (hyper), uvloop", ("granian", "uvloop")),
     "uvicorn h11 uvloop": ("h11, uvloop", ("uvicorn", "h11", "uvloop")),
     "uvicorn standard": ("httptools (llhttp), uvloop", ("uvicorn", "httptools", "uvloop")),
+    "rrproxy wsgi flask trio": ("h11, trio + 4 threads", ("rrproxy", "trio", "h11", "flask")),
+    "rrproxy wsgi flask uvloop": (
+        "h11, uvloop + 4 threads",
+        ("rrproxy", "uvloop", "h11", "flask"),
+    ),
+    "rrproxy none wsgi flask uvloop": (
+        "h11, uvloop + 4 threads",
+        ("rrproxy", "uvloop", "h11", "flask"),
+    ),
+    "gunicorn gthread flask": ("gunicorn's parser, 4 threads", ("gunicorn", "flask")),
+    "gunicorn sync flask": ("gunicorn's parser, sync", ("gunicorn", "flask")),
     "node cluster rr": ("llhttp, libuv", ("node",)),
     "node cluster none": ("llhttp, libuv", ("node",)),
 }
