@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 
 #: rr, least-conn, ip-hash: the front accepts and picks a worker (front/policies.py).
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 #: SO_REUSEPORT socket. In both the kernel picks.
 POLICIES = ("rr", "none", "reuseport", "least-conn", "ip-hash")
 LOOPS = ("auto", "trio", "asyncio", "uvloop")
+#: A custom policy: module:Class (implementing front/policies.Policy).
+_CUSTOM_POLICY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 KERNEL_POLICIES = ("none", "reuseport")
 
 
@@ -24,6 +27,18 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+#: The fields --access-log-format may use, with a sample value each.
+ACCESS_LOG_SAMPLE: dict[str, object] = {
+    "client": "127.0.0.1:5000",
+    "method": "GET",
+    "path": "/",
+    "status": 200,
+    "bytes": 0,
+    "duration_ms": 1.0,
+    "worker": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -51,10 +66,29 @@ class WorkerConfig:
     max_requests: int = 0
     max_requests_jitter: int = 0
     stats_interval: float = 1.0
-    #: Under reuseport each worker binds host:port itself (the front's real port).
+    #: The first TCP address listened on (the front's real port): what a WSGI app is
+    #: told it serves when the socket cannot say.
     bind_host: str = ""
     bind_port: int = 0
+    #: Under reuseport, the TCP addresses ("host:port", real ports) each worker binds
+    #: itself; the other listeners are shared (sent with Configure).
+    reuseport_binds: tuple[str, ...] | list[str] = ()
+    #: Handed-over connections may be unix sockets or of mixed families: the worker
+    #: asks each fd what it is instead of assuming one TCP family.
+    mixed_families: bool = False
     backlog: int = 2048
+    #: APP is a factory to call (maybe async) for the app.
+    factory: bool = False
+    #: TLS in the workers (all None/empty: plain HTTP).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: str = "none"
+    ssl_ciphers: str | None = None
+    ssl_handshake_timeout: float = 10.0
+    access_log_format: str = '{client} "{method} {path}" {status} {bytes} {duration_ms}ms'
+    log_config: str | None = None
     debug: bool = False
     access_log: bool = False
     #: Expect a PROXY protocol (v1/v2) header on every connection.
@@ -93,8 +127,17 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class Config:
     worker: WorkerConfig
-    host: str = "127.0.0.1"
-    port: int = 8000
+    #: What to listen on: "HOST:PORT", "unix:PATH", "fd://N" (see listeners.py).
+    binds: tuple[str, ...] = ("127.0.0.1:8000",)
+    #: File mode of unix sockets listened on.
+    uds_mode: int = 0o660
+    #: Extra environment for the workers (--env-file).
+    env: tuple[tuple[str, str], ...] = ()
+    #: --reload: watch these directories for changes matching includes/excludes.
+    reload: bool = False
+    reload_dirs: tuple[str, ...] = ()
+    reload_includes: tuple[str, ...] = ("*.py",)
+    reload_excludes: tuple[str, ...] = (".*", "*.pyc", "__pycache__")
     workers: int = dataclasses.field(default_factory=default_workers)
     backlog: int = 2048
     #: Connections the front may hold that no worker has taken yet (queued for a
@@ -126,12 +169,19 @@ class Config:
         return self.worker.policy
 
     def validate(self) -> None:
+        try:
+            self.worker.access_log_format.format(**ACCESS_LOG_SAMPLE)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ConfigError(
+                f"--access-log-format: {type(exc).__name__}: {exc} (fields: "
+                f"{', '.join(ACCESS_LOG_SAMPLE)})"
+            ) from None
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
-        if self.worker.policy not in POLICIES:
-            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
+        if self.worker.policy not in POLICIES and not _CUSTOM_POLICY.fullmatch(self.policy):
+            raise ConfigError(
+                f"--policy must be one of {', '.join(POLICIES)}, or module:Class for your own"
+            )
         if self.backlog < 1:
             raise ConfigError(f"--backlog must be at least 1, got {self.backlog}")
         worker = self.worker

@@ -37,7 +37,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 class AdminClient:
     def __init__(self, admin: str, token: str | None = None, timeout: float = 10.0) -> None:
-        from .front.admin import parse_admin
+        from .adminaddress import parse_admin
 
         self.address = parse_admin(admin, token or "loopback-check-is-the-server's-job")
         self.token = token
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.admin is None:
-            from .front.admin import default_admin
+            from .adminaddress import default_admin
 
             admin = str(default_admin(args.port))
         else:

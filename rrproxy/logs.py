@@ -16,7 +16,7 @@ LEVELS = ("critical", "error", "warning", "info", "debug")
 FORMATS = ("text", "json")
 
 #: Fields an access-log record carries (set through `extra=`), copied into JSON lines.
-_ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms")
+_ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms", "worker")
 
 
 class JSONFormatter(logging.Formatter):
@@ -41,6 +41,22 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def format_line(line: str, level: str = "info", as_json: bool = False) -> str:
+    """rrproxy's own console lines ("rrproxy: listening on ..."), as text or JSON."""
+    if not as_json:
+        return line
+    now = time.time()
+    return json.dumps(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1000):03d}Z",
+            "level": level,
+            "logger": "rrproxy",
+            "message": line.removeprefix("rrproxy: ").removeprefix("error: "),
+        }
+    )
+
+
 def _formatter(fmt: str, source: dict[str, object]) -> logging.Formatter:
     if fmt == "json":
         return JSONFormatter(source)
@@ -63,10 +79,19 @@ def setup_logging(
     fmt: str = "text",
     log_file: str | None = None,
     access_log: bool = False,
+    log_config: str | None = None,
 ) -> None:
     """`source` says who writes: {"pid": 1234} for the front, {"worker": 2, "pid": 1240}
-    for a worker."""
+    for a worker. `log_config` (--log-config) hands the whole setup to the user's file,
+    as uvicorn does: a dictConfig in .json/.yaml, or a fileConfig .ini."""
     _state.update(level=level, source=source, fmt=fmt, log_file=log_file)
+    access = logging.getLogger("rrproxy.access")
+    access.disabled = not access_log
+    if access_log:
+        access.setLevel(logging.INFO)
+    if log_config:
+        apply_log_config(log_config)
+        return
     if log_file:
         handler: logging.Handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
     else:
@@ -77,11 +102,26 @@ def setup_logging(
         old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The access log is INFO: it follows --access-log, not --log-level.
-    access = logging.getLogger("rrproxy.access")
-    access.disabled = not access_log
-    if access_log:
-        access.setLevel(logging.INFO)
+
+
+def apply_log_config(path: str) -> None:
+    """ValueError (one line) if the file cannot be used."""
+    import logging.config
+
+    try:
+        if path.endswith((".json", ".yaml", ".yml")):
+            with open(path, encoding="utf-8") as file:
+                if path.endswith(".json"):
+                    config = json.load(file)
+                else:
+                    import yaml
+
+                    config = yaml.safe_load(file)
+            logging.config.dictConfig(config)
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        raise ValueError(f"--log-config {path}: {type(exc).__name__}: {exc}") from None
 
 
 def reopen_log_file() -> bool:

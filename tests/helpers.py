@@ -15,8 +15,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PROBE = "tests.apps.probe:handler"
 
-_LISTENING = re.compile(r"rrproxy: listening on http://(?P<host>[^ ]+):(?P<port>\d+) ")
-_READY = re.compile(r"rrproxy: worker (?P<slot>\d+) ready \(pid (?P<pid>\d+)\)")
+# Text, or the message of a JSON line (--log-format json).
+_LISTENING = re.compile(
+    r"(?:rrproxy: |\"message\": \")listening on http://(?P<host>[^ ]+):(?P<port>\d+) "
+)
+_LISTENING_ANY = re.compile(r"(?:rrproxy: |\"message\": \")listening on .+ \(policy")
+_READY = re.compile(r"(?:rrproxy: |\"message\": \")worker (?P<slot>\d+) ready \(pid (?P<pid>\d+)\)")
 
 
 class RRProxy:
@@ -52,9 +56,11 @@ class RRProxy:
 
     def start(self, timeout: float = 30.0) -> RRProxy:
         self.start_without_waiting()
-        match = self.wait_for(_LISTENING, timeout)
-        self.host = match["host"].strip("[]")
-        self.port = int(match["port"])
+        self.wait_for(_LISTENING_ANY, timeout)
+        match = _LISTENING.search(self.output())
+        if match:  # else only unix sockets
+            self.host = match["host"].strip("[]")
+            self.port = int(match["port"])
         for line in self.output().splitlines():
             ready = _READY.search(line)
             if ready:
@@ -131,7 +137,11 @@ class RRProxy:
             self.proc.wait(5)
 
     def __enter__(self) -> RRProxy:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()  # `with` does not call __exit__ when __enter__ raises
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -287,7 +297,9 @@ def worker_pids(front_pid: int) -> set[int]:
                 argv = cmdline.read()
         except OSError:
             continue
-        if int(fields[1]) == front_pid and fields[0] != "Z" and b"rrproxy.worker" in argv:
+        # "python -m rrproxy.worker", or "rrproxy: worker N app" once setproctitle ran
+        is_worker = b"rrproxy.worker" in argv or argv.startswith(b"rrproxy: worker")
+        if int(fields[1]) == front_pid and fields[0] != "Z" and is_worker:
             pids.add(int(entry))
     return pids
 

@@ -8,21 +8,20 @@ token is required, and every request must carry it.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import os
 import socket
 import stat
-import tempfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
 
+from ..adminaddress import AdminAddress, default_admin, parse_admin
 from ..config import ConfigError
+from ..listeners import Address, BindError, bind_listener
 from . import metrics
 from .status import snapshot
 
@@ -36,118 +35,14 @@ _REQUEST_TIMEOUT = 5.0
 MAX_WORKERS = 1024
 
 
-@dataclass(frozen=True)
-class AdminAddress:
-    path: str | None = None
-    host: str | None = None
-    port: int = 0
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def runtime_dir() -> str:
-    """A private (0700) directory for default admin sockets."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base) and os.access(base, os.W_OK):
-        path = os.path.join(base, "rrproxy")
-    else:
-        path = os.path.join(tempfile.gettempdir(), f"rrproxy-{os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.stat(path)
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(f"{path} must be a directory of yours with mode 0700")
-    return path
-
-
-def default_admin(port: int) -> AdminAddress:
-    return AdminAddress(path=os.path.join(runtime_dir(), f"admin-{port}.sock"))
-
-
-def parse_admin(text: str, token: str | None = None) -> AdminAddress:
-    """ "unix:/path" or "HOST:PORT". A non-loopback host needs a token."""
-    if text.startswith("unix:"):
-        path = text[5:]
-        if not path:
-            raise ConfigError("--admin unix: needs a path")
-        return AdminAddress(path=os.path.abspath(path))
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"--admin must be unix:/path or HOST:PORT, got {text!r}")
-    if not token:
-        # Even on loopback: every local user (and every process of every container
-        # sharing the network namespace) can reach a TCP port, and /shutdown stops
-        # the server. A unix socket is private by its file mode; a port is not.
-        raise ConfigError(
-            f"--admin {text}: a TCP admin address needs --admin-token (or "
-            "$RRPROXY_ADMIN_TOKEN): any local user can reach a port; the default unix "
-            "socket needs none"
-        )
-    if not _is_loopback(host):
-        log.warning("admin interface on a non-loopback address %s: keep the token secret", text)
-    return AdminAddress(host=host, port=int(port_text))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def bind_admin(address: AdminAddress) -> socket.socket:
-    if address.path is not None:
-        return _bind_unix(address.path)
-    family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind --admin {address}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _bind_unix(path: str) -> socket.socket:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    if info is not None:
-        # Only a stale socket may be replaced: never delete a file that is not one.
-        if not stat.S_ISSOCK(info.st_mode):
-            raise ConfigError(f"--admin unix:{path}: the path exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)  # left behind by an rrproxy that is gone
-        except OSError as exc:
-            raise ConfigError(f"--admin unix:{path}: {exc.strerror or exc}") from None
-        else:
-            raise ConfigError(f"admin socket {path} is in use by another rrproxy")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # created 0600: no moment where others could connect
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind --admin unix:{path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(1024)
-    return sock
+        if address.path is not None:
+            # Mode 0600 from the start (no moment where others could connect).
+            return bind_listener(Address("unix", path=address.path), 1024, uds_mode=0o600)
+        return bind_listener(Address("tcp", host=address.host or "", port=address.port), 1024)
+    except BindError as exc:
+        raise ConfigError(f"--admin: {exc}") from None
 
 
 class AdminServer:

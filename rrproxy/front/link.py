@@ -57,7 +57,7 @@ class WorkerLink:
         self,
         worker: WorkerProcess,
         config: Config,
-        listener: socket.socket,
+        listeners: list[socket.socket],
         dispatcher: Dispatcher | None,
         *,
         on_ready: Callable[[WorkerProcess], None],
@@ -69,7 +69,7 @@ class WorkerLink:
     ) -> None:
         self.worker = worker
         self.config = config
-        self.listener = listener
+        self.listeners = listeners
         self.dispatcher = dispatcher
         self.on_ready = on_ready
         self.on_retire = on_retire
@@ -161,15 +161,16 @@ class WorkerLink:
             raise Breach(f"expected Hello, got {type(message).__name__}")
         if message.version != PROTOCOL_VERSION:
             raise Breach(f"protocol version {message.version}, front speaks {PROTOCOL_VERSION}")
-        shared = self.config.policy == "none"
+        # The shared listening sockets (none; unix or inherited ones under reuseport).
+        fds = [listener.fileno() for listener in self.listeners]
         await worker.channel.send(
             Configure(
                 worker.slot,
                 self.config.worker.to_dict(),
-                has_listener=shared,
+                listeners=len(fds),
                 worker_count=self.worker_count(),
             ),
-            [self.listener.fileno()] if shared else [],
+            fds,
         )
         with trio.fail_after(self.config.ready_timeout):
             while True:

@@ -1,98 +1,94 @@
-"""The front process: bind, boot workers, accept (under `rr`), handle signals, stop."""
+"""The front process: bind, boot workers, accept (under the front's policies), handle
+signals, stop."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
+import os
 import signal
 import socket
 import sys
 
 import trio
 
+from ..adminaddress import default_admin, parse_admin
 from ..config import KERNEL_POLICIES, Config, ConfigError
-from ..logs import reopen_log_file
+from ..listeners import Address, BindError, bind_listener, parse_bind, url_of
+from ..logs import format_line, reopen_log_file
 from .acceptor import accept_loop
-from .admin import AdminServer, bind_admin, default_admin, parse_admin
+from .admin import AdminServer, bind_admin
+from .custom_policy import load_policy
 from .dispatcher import Dispatcher
-from .policies import POLICIES
+from .policies import Policy
 from .supervisor import BootError, RestartStorm, Supervisor
 
 log = logging.getLogger("rrproxy.front")
 
+#: How the front's own lines look: set by run() from --log-format.
+_JSON = False
 
-class BindError(Exception):
-    """The public socket cannot be bound; rrproxy exits 2 with this message."""
+
+def announce(line: str, level: str = "info") -> None:
+    """A start-up, shutdown or fatal line: on stdout (stderr for errors), as one JSON
+    object with --log-format json, so that every line of the stream is JSON."""
+    print(format_line(line, level, _JSON), file=sys.stderr if level == "error" else sys.stdout,
+          flush=True)  # fmt: skip
 
 
-def bind(config: Config) -> socket.socket:
+def bind_all(config: Config) -> list[socket.socket]:
+    """Every listening socket --bind names. Under reuseport the front only holds the
+    TCP ports (bound, not listening: each worker listens on its own socket); unix
+    and inherited sockets are shared with the workers instead."""
+    sockets: list[socket.socket] = []
     try:
-        infos = socket.getaddrinfo(
-            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise BindError(f"cannot resolve --host {config.host!r}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if config.policy == "reuseport":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        if config.policy != "reuseport":
-            # Under reuseport the front only holds the port (bound, not listening:
-            # it is in no accept group); each worker listens on its own socket.
-            sock.listen(config.backlog)
-    except OSError as exc:
-        sock.close()
-        where = f"{config.host}:{config.port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise BindError(f"cannot bind {where}: address already in use") from None
-        if exc.errno == errno.EACCES:
-            raise BindError(
-                f"cannot bind {where}: permission denied (ports below 1024 need privileges)"
-            ) from None
-        raise BindError(f"cannot bind {where}: {exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def announce(line: str) -> None:
-    print(line, flush=True)
+        for text in config.binds:
+            address = parse_bind(text)
+            reuseport = config.policy == "reuseport" and address.kind == "tcp"
+            sockets.append(
+                bind_listener(
+                    address,
+                    config.backlog,
+                    reuseport=reuseport,
+                    listen=not reuseport,
+                    uds_mode=config.uds_mode,
+                )
+            )
+    except (BindError, ConfigError):
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 class Front:
     def __init__(
         self,
         config: Config,
-        listener: socket.socket,
+        listeners: list[socket.socket],
         admin_sock: socket.socket | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.config = config
-        self.listener = listener
-        self.url = _url(listener)
+        self.listeners = listeners
+        self.url = " and ".join(url_of(sock) for sock in listeners)
         self.admin = (
             AdminServer(self, admin_sock, config.admin_token) if admin_sock is not None else None
         )
         self.dispatcher: Dispatcher | None = None
-        if config.policy not in KERNEL_POLICIES:
+        if policy is not None:
             self.dispatcher = Dispatcher(
-                POLICIES[config.policy](),
+                policy,
                 lambda: self.supervisor.workers,
                 config.max_pending,
                 config.max_connections,
             )
-        self.supervisor = Supervisor(config, listener, self.dispatcher, announce)
+        shared = [
+            s
+            for s in listeners
+            if config.policy == "none" or (config.policy == "reuseport" and not _is_tcp(s))
+        ]
+        self.supervisor = Supervisor(config, shared, self.dispatcher, announce)
         self._accept_scope = trio.CancelScope()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
@@ -118,11 +114,17 @@ class Front:
             if self.dispatcher is not None:
                 nursery.start_soon(self.dispatcher.run)
                 nursery.start_soon(self._accept)
+            if self.config.reload:
+                from .reloader import watch
+
+                nursery.start_soon(watch, self.config, self.supervisor)
 
     async def _accept(self) -> None:
         assert self.dispatcher is not None
         with self._accept_scope:
-            await accept_loop(self.listener, self.dispatcher)
+            async with trio.open_nursery() as nursery:
+                for listener in self.listeners:
+                    nursery.start_soon(accept_loop, listener, self.dispatcher)
 
     def request_stop(self, why: str) -> None:
         """Begin the graceful stop (once)."""
@@ -176,15 +178,16 @@ class Front:
 
     async def _graceful_stop(self, nursery: trio.Nursery) -> None:
         timeout = self.config.worker.graceful_timeout
-        # 1. No new connections: close the public socket.
+        # 1. No new connections: stop accepting.
         self._accept_scope.cancel()
         # 2. Every connection we already accepted goes to a worker before the
         #    workers are told to stop (Stop follows those handoffs on each channel).
         if self.dispatcher is not None:
             with trio.move_on_after(timeout):
                 await self.dispatcher.wait_queue_empty()
-        trio.lowlevel.notify_closing(self.listener)
-        self.listener.close()
+        for listener in self.listeners:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
         # 3. Workers drain: in-flight requests finish, idle connections close.
         await self.supervisor.shutdown(timeout)
         if self.dispatcher is not None:
@@ -193,46 +196,116 @@ class Front:
         nursery.cancel_scope.cancel()
 
 
+def _is_tcp(sock: socket.socket) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
 def run(config: Config) -> int:
     """Serve until stopped; the exit status for the CLI."""
-    listener = bind(config)
-    host, port = listener.getsockname()[:2]
+    global _JSON
+    _JSON = config.worker.log_format == "json"
+    # Socket activation's variables were for this process (sd_listen_fds(unset=1)):
+    # the workers and whatever they start must not take the sockets for theirs.
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    listeners = bind_all(config)
+    owned = _owned_unix_paths(config)
+    try:
+        policy = None if config.policy in KERNEL_POLICIES else load_policy(config.policy)
+    except BindError:
+        for sock in listeners:
+            sock.close()
+        raise
+    tcp = [s for s in listeners if _is_tcp(s)]
+    families = {s.family for s in listeners}
+    reuseport = [
+        f"{s.getsockname()[0]}:{s.getsockname()[1]}" if s.family == socket.AF_INET
+        else f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
+        for s in tcp
+        if config.policy == "reuseport"
+    ]  # fmt: skip
+    first = tcp[0].getsockname()[:2] if tcp else ("localhost", 0)
     config = dataclasses.replace(
         config,
         worker=dataclasses.replace(
-            config.worker, bind_host=host, bind_port=port, backlog=config.backlog
+            config.worker,
+            bind_host=first[0],
+            bind_port=first[1],
+            backlog=config.backlog,
+            reuseport_binds=tuple(reuseport),
+            mixed_families=len(families) > 1 or socket.AF_UNIX in families,
         ),
     )
     admin_sock = None
     if config.admin != "off":
         try:
             if config.admin is None:
-                address = default_admin(listener.getsockname()[1])
+                address = default_admin(first[1] if tcp else _unix_name(listeners[0]))
             else:
                 address = parse_admin(config.admin, config.admin_token)
             admin_sock = bind_admin(address)
         except ConfigError as exc:
-            listener.close()
+            for sock in listeners:
+                sock.close()
             raise BindError(str(exc)) from None
         config = dataclasses.replace(config, admin=str(address))
-    front = Front(config, listener, admin_sock)
+    _set_title(f"rrproxy: front {config.worker.app} [{' '.join(url_of(s) for s in listeners)}]")
+    front = Front(config, listeners, admin_sock, policy)
     try:
         trio.run(front.run)
     except BaseExceptionGroup as group:
         for kind, code in ((BootError, 2), (RestartStorm, 3)):
             matched = group.subgroup(kind)
             if matched is not None:
-                print(f"rrproxy: error: {_first_leaf(matched)}", file=sys.stderr, flush=True)
+                announce(f"rrproxy: error: {_first_leaf(matched)}", "error")
                 return code
         raise
     finally:
-        for sock in (listener, admin_sock):
+        for sock in (*listeners, admin_sock):
             if sock is not None:
                 try:
                     sock.close()
                 except OSError:
                     pass
+        _remove_unix_paths(owned)
     return front.exit_code
+
+
+def _owned_unix_paths(config: Config) -> dict[str, int]:
+    """The unix sockets this front bound, by inode: removed when it stops (as gunicorn
+    does), unless another server has bound the path since."""
+    owned = {}
+    for text in config.binds:
+        address = parse_bind(text)
+        if address.kind == "unix":
+            try:
+                owned[address.path] = os.stat(address.path).st_ino
+            except OSError:
+                pass
+    return owned
+
+
+def _remove_unix_paths(owned: dict[str, int]) -> None:
+    for path, inode in owned.items():
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _unix_name(sock: socket.socket) -> str:
+    name = str(sock.getsockname())
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")[-40:] or "unix"
+
+
+def _set_title(title: str) -> None:
+    """`ps` shows what each process is, with setproctitle (rrproxy[proctitle])."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -240,3 +313,6 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+__all__ = ["Address", "BindError", "Front", "announce", "run"]

@@ -76,12 +76,13 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
-        listener: socket.socket,
+        listeners: list[socket.socket],
         dispatcher: Dispatcher | None,
         announce: Callable[[str], None] = print,
     ) -> None:
         self.config = config
-        self.listener = listener
+        #: Listening sockets the workers accept from themselves (none, reuseport).
+        self.listeners = listeners
         self.dispatcher = dispatcher
         self.announce = announce
         self.slots: dict[int, Slot] = {}
@@ -269,6 +270,7 @@ class Supervisor:
         """Spawn a worker for the slot and start the task that owns it."""
         front_end, worker_end = socketpair()
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        env.update(self.config.env)  # --env-file
         try:
             process = await trio.lowlevel.open_process(
                 [
@@ -304,7 +306,7 @@ class Supervisor:
         link = WorkerLink(
             worker,
             self.config,
-            self.listener,
+            self.listeners,
             self.dispatcher,
             on_ready=self._worker_ready,
             on_retire=self._on_retire,

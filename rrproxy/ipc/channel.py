@@ -23,7 +23,7 @@ from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
 _FD_SIZE = array.array("i").itemsize
 #: Room for a few fds: a peer that sends more than one is a protocol error, but we
 #: still want to receive (and close) them rather than have the kernel truncate.
-_ANC_SIZE = socket.CMSG_SPACE((messages.MAX_BATCH + 4) * _FD_SIZE)
+_ANC_SIZE = socket.CMSG_SPACE((max(messages.MAX_BATCH, 64) + 4) * _FD_SIZE)
 #: Received descriptors are close-on-exec from the start: a handler that runs
 #: `os.system(...)` must not pass our connections (or the channel) to its children.
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)

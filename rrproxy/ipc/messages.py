@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 #: Bumped on any incompatible change; the front refuses a worker whose Hello differs.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Upper bounds (seconds) of the request latency histogram buckets; the last bucket
 #: (beyond the final bound) is +Inf. Prometheus's defaults.
@@ -125,7 +125,8 @@ class Configure(Message):
     TAG: ClassVar[int] = 17
     worker_id: int
     config: dict
-    has_listener: bool = False
+    #: Listening sockets attached (the ones workers accept from themselves).
+    listeners: int = 0
     worker_count: int = 1
 
 
@@ -270,7 +271,9 @@ def fd_count(message: Message) -> int:
         return 1
     if isinstance(message, NewConns):
         return len(message.conn_ids)
-    return 1 if isinstance(message, Configure) and message.has_listener else 0
+    if isinstance(message, Configure):
+        return max(0, min(message.listeners, 64))
+    return 0
 
 
 def encode(message: Message) -> bytes:

@@ -115,7 +115,7 @@ async def test_garbage_and_unexpected_fds_are_rejected_and_closed():
 async def test_too_many_fds_is_ctrunc_and_nothing_leaks():
     a, b = socketpair()
     worker = WorkerChannel(b)
-    pairs = [socket.socketpair() for _ in range(40)]
+    pairs = [socket.socketpair() for _ in range(200)]
     fds = array.array("i", [p[0].fileno() for p in pairs])
     before = _open_fds()
     a.sendmsg([encode(NewConn(1))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])

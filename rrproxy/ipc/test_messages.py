@@ -33,7 +33,7 @@ EXAMPLES = [
     Load(12),
     Rejected(9),
     Hello(version=1, pid=1234),
-    Configure(worker_id=3, config={"app": "a:b", "keep_alive": 5.0}, has_listener=True),
+    Configure(worker_id=3, config={"app": "a:b", "keep_alive": 5.0}, listeners=1),
     Ready(),
     Failed(kind="app", message="cannot import module 'x'"),
     Stats(connections_total=10, connections_active=2, requests_total=30),
@@ -55,8 +55,8 @@ def test_hot_path_messages_are_small():
 def test_which_messages_carry_an_fd():
     assert fd_count(NewConn(1)) == 1
     assert fd_count(NewConns((1, 2, 3))) == 3
-    assert fd_count(Configure(1, {}, has_listener=True)) == 1
-    assert fd_count(Configure(1, {}, has_listener=False)) == 0
+    assert fd_count(Configure(1, {}, listeners=1)) == 1
+    assert fd_count(Configure(1, {}, listeners=0)) == 0
     assert fd_count(Taken(1, 0)) == 0
 
 

@@ -70,7 +70,8 @@ def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> d
         raw_path = authority_and_path[slash:] if slash >= 0 else b"/"
     root = config.root_path
     path = unquote(raw_path.decode("latin-1"))
-    scheme = "http" if kind == "http" else "ws"
+    tls = server.tls_context is not None
+    scheme = ("https" if tls else "http") if kind == "http" else ("wss" if tls else "ws")
     if connection.trust_forwarded:
         for name, value in connection.core.headers:
             if name == b"x-forwarded-proto" and value.lower() in (b"https", b"wss"):

@@ -28,7 +28,7 @@ from ..protocol.proxy import parse as parse_proxy_header
 from ..state import StateFull, StateUnavailable
 
 if TYPE_CHECKING:
-    from .backend import CancelScope, Transport
+    from .backend import Backend, CancelScope, Transport
     from .server import WorkerServer
 
 log = logging.getLogger("rrproxy.worker")
@@ -112,7 +112,11 @@ class HTTPConnection:
             log.exception("internal error on a connection from %s; closing it", self.client)
         finally:
             self.server.connection_closed(self)
-            transport.close()
+            try:
+                if not self._gone:
+                    await _close_notify(transport, self.server.backend)
+            finally:
+                transport.close()
 
     def client_left(self) -> None:
         """The sweep saw the client go while its handler ran: end the connection."""
@@ -153,13 +157,17 @@ class HTTPConnection:
     async def _read_proxy_header(self) -> bool:
         """--proxy-protocol: the real client's address comes first on the wire."""
         assert self.io is not None
+        # Under TLS the header comes in clear before the handshake (HAProxy's
+        # send-proxy on a TLS passthrough): read it below the TLS layer.
+        push_ciphertext = getattr(self.io, "push_ciphertext", None)
+        source = self.io.inner if push_ciphertext is not None else self.io  # type: ignore[attr-defined]
         buffer = b""
         self.phase = BODY  # a timeout here closes silently
         deadline = self.server.backend.current_time() + self.server.config.header_timeout
         self.wait_deadline = deadline
         self.server.timeouts.watch(self, deadline)
         while True:
-            data = await self.io.receive()
+            data = await source.receive()
             if not data:
                 return False
             buffer += data
@@ -176,7 +184,10 @@ class HTTPConnection:
             self.wait_deadline = math.inf
             self.phase = BUSY
             if buffer[used:]:
-                self.core.receive_data(buffer[used:])
+                if push_ciphertext is not None:
+                    push_ciphertext(buffer[used:])
+                else:
+                    self.core.receive_data(buffer[used:])
             return True
 
     def effective_client(self, request: h11.Request) -> tuple[str, int] | None:
@@ -408,6 +419,7 @@ class HTTPConnection:
         client reads our answer instead of a connection reset."""
         io = self.io
         assert io is not None
+        await _close_notify(io, self.server.backend)
         io.shutdown_write()
         received = 0
         with self.server.backend.move_on_after(_LINGER_SECONDS):
@@ -426,22 +438,28 @@ class HTTPConnection:
         if server.config.access_log:
             method, target = self.request_line or (b"-", b"-")
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            access_log.info(
-                '%s "%s %s" %d %d %.1fms',
-                client,
-                method.decode("ascii", "replace"),
-                target.decode("latin-1"),
-                status,
-                body_bytes,
-                duration * 1000,
-                extra={
-                    "client": client,
-                    "method": method.decode("ascii", "replace"),
-                    "path": target.decode("latin-1"),
-                    "status": status,
-                    "bytes": body_bytes,
-                    "duration_ms": round(duration * 1000, 3),
-                },
-            )
+            fields = {
+                "client": client,
+                "method": method.decode("ascii", "replace"),
+                "path": target.decode("latin-1"),
+                "status": status,
+                "bytes": body_bytes,
+                "duration_ms": round(duration * 1000, 1),
+                "worker": server.worker_id,
+            }
+            try:
+                line = server.config.access_log_format.format(**fields)
+            except (KeyError, IndexError, ValueError) as exc:
+                line = f"{fields} (bad --access-log-format: {exc!r})"
+            access_log.info("%s", line, extra=fields)
         self.handler_started = 0.0
         self.request_line = None
+
+
+async def _close_notify(transport: Transport, backend: Backend) -> None:
+    """TLS: say goodbye with close_notify before the TCP close (OpenSSL 3 clients
+    report a close without it as an error: "unexpected eof while reading")."""
+    notify = getattr(transport, "close_notify", None)
+    if notify is not None:
+        with backend.move_on_after(1.0):
+            await notify()

@@ -26,6 +26,7 @@ from ..config import WorkerConfig
 from ..fdlimit import raise_fd_limit
 from ..ipc.channel import ChannelClosed, WorkerChannel
 from ..ipc.messages import PROTOCOL_VERSION, Configure, Failed, Hello, Stop
+from ..listeners import BindError, bind_listener, parse_bind
 from ..logs import setup_logging
 from .backend import Backend
 from .worker import EXIT_BOOT_ERROR
@@ -75,24 +76,35 @@ def _boot(sock: socket.socket, slot: int) -> int:
         config.log_format,
         config.log_file,
         config.access_log,
+        config.log_config,
     )
     cluster.worker_id = message.worker_id
     cluster.worker_count = message.worker_count
-    listener = socket.socket(fileno=fds[0]) if fds else None
-    if config.policy == "reuseport":
+    # Shared listening sockets (none; unix or inherited ones under reuseport), then
+    # under reuseport our own socket in each TCP port's SO_REUSEPORT group.
+    listeners = [socket.socket(fileno=fd) for fd in fds]
+    for text in config.reuseport_binds:
         try:
-            listener = _bind_reuseport(config)
-        except OSError as exc:
-            where = f"{config.bind_host}:{config.bind_port}"
-            channel.send_blocking(Failed("bind", f"cannot bind {where} with SO_REUSEPORT: {exc}"))
+            listeners.append(bind_listener(parse_bind(text), config.backlog, reuseport=True))
+        except BindError as exc:
+            channel.send_blocking(Failed("bind", f"{exc} (with SO_REUSEPORT)"))
             return EXIT_BOOT_ERROR
     try:
         handler = load_app(config.app, config.app_dir)
-        interface = detect_interface(handler, config.interface)
+        async_factory = config.factory and is_coroutine_callable(handler)
+        if async_factory:
+            # An async factory builds the app on the loop that will serve it (its
+            # connection pools belong to that loop): in _serve. It builds an ASGI app.
+            interface = "asgi" if config.interface == "auto" else config.interface
+        else:
+            if config.factory:
+                handler = call_factory(handler, config.app)
+            interface = detect_interface(handler, config.interface)
         backend = choose_backend(config.loop, interface)
     except (AppLoadError, ValueError) as exc:
         channel.send_blocking(Failed("app", str(exc)))
         return EXIT_BOOT_ERROR
+    _set_title(f"rrproxy: worker {message.worker_id} {config.app}")
     # Everything imported so far (the loop, h11, the app) lives as long as the worker:
     # move it out of the collector's sight, so full collections stay short.
     gc.collect()
@@ -100,7 +112,15 @@ def _boot(sock: socket.socket, slot: int) -> int:
     if os.environ.get("RRPROXY_EXPERIMENT_NOGC"):
         gc.disable()
     return backend.run(
-        _serve, backend, channel, config, message.worker_id, handler, interface, listener
+        _serve,
+        backend,
+        channel,
+        config,
+        message.worker_id,
+        handler,
+        interface,
+        listeners,
+        async_factory,
     )
 
 
@@ -111,12 +131,26 @@ async def _serve(
     worker_id: int,
     handler: object,
     interface: str,
-    listener: socket.socket | None,
+    listeners: list[socket.socket],
+    async_factory: bool = False,
 ) -> int:
     from .asgi import ASGIAdapter, Lifespan
     from .server import WorkerServer
     from .worker import Worker
 
+    if async_factory:
+        try:
+            handler = await handler()  # type: ignore[operator]
+            if detect_interface(handler, "auto") != interface:
+                raise AppLoadError(
+                    f"--factory: {config.app}() returned {handler!r}, not an ASGI app"
+                )
+        except Exception as exc:
+            what = str(exc) if isinstance(exc, AppLoadError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, AppLoadError):
+                what = f"--factory: {config.app}() raised {what}"
+            channel.send_blocking(Failed("app", what))
+            return EXIT_BOOT_ERROR
     channel.use_backend(backend)
     retire_after = 0
     if config.max_requests > 0:
@@ -140,25 +174,37 @@ async def _serve(
     lifespan = None
     if interface == "asgi":
         lifespan = Lifespan(handler, config.lifespan, server.asgi_state, backend)  # type: ignore[arg-type]
-    return await Worker(channel, server, listener, lifespan).run()
+    return await Worker(channel, server, listeners, lifespan).run()
 
 
-def _bind_reuseport(config: WorkerConfig) -> socket.socket:
-    """This worker's own socket in the port's SO_REUSEPORT group: the kernel hashes
-    each new connection to one of the group's listening sockets."""
-    family = socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def call_factory(factory: object, spec: str) -> object:
+    """--factory: the attribute builds the app (uvicorn's --factory); it may be async."""
+    import asyncio
+    import inspect
+
+    if not callable(factory):
+        raise AppLoadError(f"--factory: {spec!r} is not callable")
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((config.bind_host, config.bind_port))
-        sock.listen(config.backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+        app = factory()
+        if inspect.isawaitable(app):
+            app = asyncio.run(_awaited(app))
+    except Exception as exc:
+        raise AppLoadError(f"--factory: {spec}() raised {type(exc).__name__}: {exc}") from exc
+    if not callable(app):
+        raise AppLoadError(f"--factory: {spec}() returned {type(app).__name__}, not an app")
+    return app
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
 
 
 def main(argv: list[str] | None = None) -> None:

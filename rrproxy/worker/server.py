@@ -76,6 +76,12 @@ class WorkerServer:
         #: reuseport the front learns a client reached this worker only this way.
         self.on_first_connection: Callable[[], None] | None = None
         self._tasks: TaskGroup | None = None
+        #: --ssl-*: connections are TLS (the files are read now: a reload re-reads them).
+        self.tls_context = None
+        if config.ssl_certfile:
+            from ..tls import server_context
+
+            self.tls_context = server_context(config)
         #: Every connection's wait deadlines, on one heap (run by the worker).
         self.timeouts = Timeouts(backend)
         self._all_closed = backend.event()
@@ -148,6 +154,15 @@ class WorkerServer:
             transport = await self.backend.open_transport(
                 sock, self.config.send_timeout, on_first_read
             )
+            if self.tls_context is not None:
+                from ..tls import TLSTransport
+
+                transport = TLSTransport(
+                    transport,
+                    self.tls_context,
+                    self.backend,
+                    self.config.ssl_handshake_timeout,
+                )
         except OSError as exc:
             log.warning("cannot serve a connection: %s", exc)
             sock.close()

@@ -52,16 +52,20 @@ class Worker:
         self,
         channel: WorkerChannel,
         server: WorkerServer,
-        listener: socket.socket | None,
+        listeners: list[socket.socket],
         lifespan: Lifespan | None = None,
     ) -> None:
         self.lifespan = lifespan
         self.backend = backend = server.backend
-        host = server.config.bind_host
-        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        config = server.config
+        #: The family of handed-over connections when it is known (one TCP family:
+        #: no probing syscalls per connection); None: ask each fd.
+        self._family: int | None = None
+        if not config.mixed_families:
+            self._family = socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET
         self.channel = channel
         self.server = server
-        self.listener = listener
+        self.listeners = listeners
         self._stop = backend.event()
         self._stop_timeout = server.config.graceful_timeout
         self.calls = FrontCalls(channel.send, backend)
@@ -119,7 +123,7 @@ class Worker:
                     return EXIT_BOOT_ERROR
             accept_scope = backend.cancel_scope()
             accept_done = backend.event()
-            if self.listener is not None:
+            if self.listeners:
                 tasks.start_soon(self._accept, accept_scope, accept_done)
             else:
                 accept_done.set()
@@ -157,18 +161,23 @@ class Worker:
             await self.backend.event().wait()  # until the worker's group is cancelled
 
     async def _accept(self, scope: object, done: Event) -> None:
-        listener = self.listener
-        assert listener is not None
+        """Accept from every listener until stopped; the task owns the listeners and
+        closes them itself, once it has stopped using them."""
+        server = self.server
         try:
             with scope:  # type: ignore[attr-defined]
-                await self.server.accept_loop(listener)
-            if self.server.config.policy == "reuseport":
-                # Our own queue: what the kernel already put in it is served here
-                # (with Connection: close) rather than reset when the socket closes.
-                self.server.accept_pending(listener)
+                async with self.backend.task_group() as loops:
+                    for listener in self.listeners:
+                        loops.start_soon(server.accept_loop, listener)
+            for listener in self.listeners:
+                if _reuseport_own(listener, server.config.reuseport_binds):
+                    # Our own queue: what the kernel already put in it is served here
+                    # (with Connection: close) rather than reset when the socket closes.
+                    server.accept_pending(listener)
         finally:
-            self.backend.notify_closing(listener)
-            listener.close()
+            for listener in self.listeners:
+                self.backend.notify_closing(listener)
+                listener.close()
             done.set()
 
     def _stats(self) -> Stats:
@@ -265,8 +274,14 @@ class Worker:
             # connection, and TCP is explicit. Trap: a socket rebuilt from a received
             # fd may not carry its protocol; without TCP_NODELAY, Nagle plus delayed
             # ACK adds ~40 ms per response.
-            sock = socket.socket(self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._family is None:
+                sock = socket.socket(fileno=fd)  # unix sockets or mixed families: ask
+            else:
+                sock = socket.socket(
+                    self._family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=fd
+                )
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             log.error("received an unusable connection fd: %s", exc)
             os.close(fd)
@@ -313,3 +328,13 @@ class Worker:
             )
         except (CallFailed, CallUnanswered) as exc:
             raise cluster.MessageDropped(str(exc)) from None
+
+
+def _reuseport_own(listener: socket.socket, binds: tuple[str, ...] | list[str]) -> bool:
+    """A socket this worker bound itself in a SO_REUSEPORT group (not a shared one)."""
+    if not binds or listener.family == socket.AF_UNIX:
+        return False
+    try:
+        return bool(listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+    except OSError:
+        return False

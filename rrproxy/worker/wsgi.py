@@ -158,7 +158,7 @@ def build_environ(
         path = path[len(root) :]
     server = connection.server_address() or (config.bind_host or "localhost", config.bind_port)
     client = connection.effective_client(request)
-    scheme = "http"
+    scheme = "https" if connection.server.tls_context is not None else "http"
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method.decode("latin-1"),
         "SCRIPT_NAME": root,

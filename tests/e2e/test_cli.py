@@ -56,8 +56,8 @@ def test_port_taken() -> None:
         (["--port", "70000"], "--port must be between 0 and 65535"),
         (["--host", "192.0.2.1"], "cannot bind 192.0.2.1:0"),
         (["--workers", "0"], "--workers must be at least 1"),
-        (["--workers", "two"], "invalid int value"),
-        (["--policy", "random"], "invalid choice"),
+        (["--workers", "two"], "--workers: expected a whole number"),
+        (["--policy", "random"], "--policy must be one of"),
     ],
 )
 def test_bad_options(args: list[str], expected: str) -> None:
