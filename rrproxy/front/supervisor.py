@@ -270,7 +270,10 @@ class Supervisor:
         """Spawn a worker for the slot and start the task that owns it."""
         front_end, worker_end = socketpair()
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        env.update(self.config.env)  # --env-file
+        for key, value in self.config.env:  # --env-file
+            # Variables already set win, as with uvicorn --env-file (python-dotenv's
+            # load_dotenv): the deployment's environment overrides the checked-in file.
+            env.setdefault(key, value)
         try:
             process = await trio.lowlevel.open_process(
                 [
@@ -300,6 +303,10 @@ class Supervisor:
         self.workers.sort(key=lambda w: w.slot)
         slot.processes.append(worker)
         self.nursery.start_soon(self._run_worker, worker, slot)
+        if self.stopping:
+            # The stop began while this process was being spawned, so shutdown() did
+            # not see it: Stop is the first thing it reads, and it exits at once.
+            self.stop_worker(worker)
         return worker
 
     async def _run_worker(self, worker: WorkerProcess, slot: Slot) -> None:

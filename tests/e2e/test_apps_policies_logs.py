@@ -66,7 +66,7 @@ def test_lowest_slot_policy_example():
         os.kill(server.pids[1], 9)
         served = Counter(get(server.port).header("x-worker-id") for _ in range(10))
         assert set(served) <= {"1", "2"} and "3" not in served
-        server.wait_for(r"worker 1 ready \(pid (?!%d)" % server.pids[1])
+        server.wait_for(rf"worker 1 ready \(pid (?!{server.pids[1]})")
         assert Counter(get(server.port).header("x-worker-id") for _ in range(10)) == Counter(
             {"1": 10}
         )

@@ -206,13 +206,14 @@ def test_env_file_reaches_the_workers(tmp_path: Path):
         "    return {k: os.environ.get(k) for k in ('GREETING', 'EMPTY', 'PLAIN')}\n"
     )
     with RRProxy("--app-dir", str(tmp_path), "--env-file", str(env_file), "envapp:handler",
-                 workers=1) as server:  # fmt: skip
+                 workers=1, env={"PLAIN": "from the environment"}) as server:  # fmt: skip
         import json
 
+        # The file fills in; a variable the environment already has wins (uvicorn's rule).
         assert json.loads(get(server.port).body) == {
             "GREETING": "hello there",
             "EMPTY": "",
-            "PLAIN": "x=y",
+            "PLAIN": "from the environment",
         }
 
 

@@ -181,9 +181,8 @@ def test_an_interrupted_bench_stops_every_server_and_wrk_it_started(wrk):
         return {
             pid: argv
             for pid, argv in running.items()
-            if pid not in before and (
-                argv.startswith((b"wrk\x00", b"rrproxy: front")) or b"-m\x00rrproxy\x00" in argv
-            )
+            if pid not in before
+            and (argv.startswith((b"wrk\x00", b"rrproxy: front")) or b"-m\x00rrproxy\x00" in argv)
         }
 
     before: set[int] = {int(e) for e in os.listdir("/proc") if e.isdigit()}

@@ -196,11 +196,9 @@ def test_one_busy_thread_is_not_a_dead_worker_but_a_whole_stuck_pool_is():
             assert httpx.get(f"{server.url}/environ", timeout=5).status_code == 200
             assert one.result().status_code == 200  # 5 s > --timeout, one thread: fine
             assert "is unresponsive" not in server.output()
-            stuck = [
-                pool.submit(httpx.get, f"{server.url}/sleep?30", timeout=40) for _ in range(2)
-            ]
+            stuck = [pool.submit(httpx.get, f"{server.url}/sleep?30", timeout=40) for _ in range(2)]
             server.wait_for("is unresponsive", timeout=15)
             for request in stuck:
                 with pytest.raises(httpx.HTTPError):
                     request.result()
-        server.wait_for(r"worker 1 ready \(pid (?!%d)" % first, timeout=20)
+        server.wait_for(rf"worker 1 ready \(pid (?!{first})", timeout=20)
