@@ -16,7 +16,7 @@ from .listeners import parse_bind, systemd_fds
 from .logs import format_line, setup_logging
 from .sources import Settings, print_config, resolve
 
-CONTROL_COMMANDS = ("status", "reload", "scale", "stop")
+CONTROL_COMMANDS = ("status", "reload", "scale", "stop", "dashboard")
 
 
 def fail(message: str, as_json: bool | None = None) -> NoReturn:

@@ -44,6 +44,11 @@ class AdminClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str) -> tuple[int, bytes]:
+        status, _, body = self.exchange(method, path)
+        return status, body
+
+    def exchange(self, method: str, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request: the status, the response's headers and its body."""
         address = self.address
         if address.path is not None:
             conn: http.client.HTTPConnection = _UnixHTTPConnection(address.path, self.timeout)
@@ -53,7 +58,7 @@ class AdminClient:
         try:
             conn.request(method, path, headers=headers)
             response = conn.getresponse()
-            return response.status, response.read()
+            return response.status, response.getheaders(), response.read()
         except OSError as exc:
             raise AdminError(f"cannot reach the admin interface at {address}: {exc}") from None
         finally:
@@ -91,13 +96,26 @@ def _size(count: float) -> str:
     return f"{count:.1f}G"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}us" if value < 1 else f"{value:.1f}ms"
+
+
 def status_table(status: dict[str, Any]) -> Table:
     now = time.time()
+    jain = (status.get("fairness") or {}).get("jain_index")
     table = Table(
         title=f"rrproxy pid {status['pid']} · {status['listening']} · policy {status['policy']}"
-        f" · up {_duration(status['uptime_s'])}",
+        f" · up {_duration(status['uptime_s'])}"
+        + (f" · fairness {jain:.3f}" if jain is not None else ""),
         title_justify="left",
-        caption="conns: open/total · cpu of the 'all' row: the front process",
+        caption="conns: open/total · p50/p99: last 10 s · 2xx/4xx/5xx: responses · "
+        "cpu: % of one core · the 'all' row's cpu is the front's",
         caption_justify="left",
     )
     for column in (
@@ -105,11 +123,14 @@ def status_table(status: dict[str, Any]) -> Table:
         "pid",
         "state",
         "uptime",
-        "conns active/total",
+        "conns",
         "requests",
         "req/s",
-        "rss",
+        "p50",
+        "p99",
+        "2xx/4xx/5xx",
         "cpu",
+        "rss",
         "restarts",
         "last exit",
     ):
@@ -117,6 +138,7 @@ def status_table(status: dict[str, Any]) -> Table:
     colors = {"ready": "green", "starting": "yellow", "draining": "yellow", "stopped": "red"}
     for worker in status["workers"]:
         started = worker["started_at"]
+        classes = worker.get("responses") or {}
         table.add_row(
             str(worker["id"]),
             str(worker["pid"] or "-"),
@@ -125,8 +147,11 @@ def status_table(status: dict[str, Any]) -> Table:
             f"{worker['connections_active']}/{worker['connections_total']}",
             str(worker["requests_total"]),
             f"{worker['requests_per_s']:.1f}",
+            _ms(worker.get("latency_p50_ms")),
+            _ms(worker.get("latency_p99_ms")),
+            f"{classes.get('2xx', 0)}/{classes.get('4xx', 0)}/{classes.get('5xx', 0)}",
+            _percent(worker.get("cpu_percent")),
             _size(worker["rss_bytes"]),
-            f"{worker['cpu_seconds']:.1f}s",
             str(worker["restarts"]),
             worker["last_exit"] or "",
         )
@@ -141,8 +166,11 @@ def status_table(status: dict[str, Any]) -> Table:
         f"{totals['connections_active']}/{totals['connections_total']}",
         str(totals["requests_total"]),
         f"{totals['requests_per_s']:.1f}",
+        "",
+        "",
+        "",
+        f"front {_percent(front.get('cpu_percent'))}",
         _size(totals["rss_bytes"]),
-        f"front {front['cpu_seconds']:.1f}s",
         str(totals["restarts"]),
         "",
     )
@@ -177,6 +205,18 @@ def _parser() -> argparse.ArgumentParser:
     scale = commands.add_parser("scale", parents=[common], help="set the number of workers")
     scale.add_argument("workers", type=int)
     commands.add_parser("stop", parents=[common], help="graceful shutdown")
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[common],
+        help="open the live dashboard: a loopback URL with a fresh token",
+    )
+    dashboard.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="loopback port to serve the dashboard on (default: a free one)",
+    )
     return parser
 
 
@@ -200,7 +240,7 @@ def main(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace, client: AdminClient) -> int:
     # A pipe or a file gets a table wide enough to read, not 80 columns of ellipses.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.command == "status":
         if args.json:
             print(json.dumps(client.json("GET", "/status"), indent=1))
@@ -223,6 +263,10 @@ def _run(args: argparse.Namespace, client: AdminClient) -> int:
         result = client.json("POST", "/reload?wait=1")
         print("rrproxy: reload complete" if result.get("reloaded") else "rrproxy: reload failed")
         return 0 if result.get("reloaded") else 1
+    if args.command == "dashboard":
+        from .dashboard_link import serve_dashboard
+
+        return serve_dashboard(client, args.dashboard_port)
     if args.command == "scale":
         result = client.json("POST", f"/scale?workers={args.workers}")
         print(f"rrproxy: {result['workers']} workers")

@@ -1,5 +1,6 @@
 """The admin interface, served by the front (so it answers while all workers are
-down): GET /status, GET /metrics, POST /reload, POST /scale?workers=N, POST /shutdown.
+down): GET /status, GET /metrics, POST /reload, POST /scale?workers=N, POST /shutdown,
+and the live dashboard's page at / (front/dashboard.py).
 
 By default it listens on a Unix socket of mode 0600 in a 0700 directory; on TCP a
 token is required, and every request must carry it.
@@ -23,6 +24,7 @@ from ..adminaddress import AdminAddress, default_admin, parse_admin
 from ..config import ConfigError
 from ..listeners import Address, BindError, bind_listener
 from . import metrics
+from .dashboard import DATA_HEADERS, PAGE_HEADERS, dashboard_asset
 from .status import snapshot
 
 if TYPE_CHECKING:
@@ -80,8 +82,14 @@ class AdminServer:
             if request is None:
                 return
             method, target, headers = request
-            status, body, content_type = await self._route(method, target, headers)
-            await _respond(stream, status, body, content_type)
+            page = dashboard_asset(method, target)
+            if page is not None:
+                # The dashboard's shell holds no data, so it needs no token: the page
+                # reads the token from the URL's fragment and sends it on every call.
+                await _respond(stream, 200, page.body, page.content_type, PAGE_HEADERS)
+            else:
+                status, body, content_type = await self._route(method, target, headers)
+                await _respond(stream, status, body, content_type, DATA_HEADERS)
         except (
             trio.TooSlowError,
             trio.BrokenResourceError,
@@ -119,7 +127,7 @@ class AdminServer:
             return _json(405, {"error": f"{url.path} takes {routes[url.path].decode()}"})
         if url.path == "/status":
             await supervisor.router.poll()
-            return _json(200, snapshot(front))
+            return _json(200, snapshot(front, with_history=query.get("history") == ["1"]))
         if url.path == "/metrics":
             await supervisor.router.poll()
             return 200, metrics.render(snapshot(front)), metrics.CONTENT_TYPE
@@ -169,11 +177,13 @@ async def _read_request(
             return None
 
 
-async def _respond(stream: trio.SocketStream, status: int, body: bytes, content_type: str) -> None:
+async def _respond(
+    stream: trio.SocketStream, status: int, body: bytes, content_type: str, extra: str
+) -> None:
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
         f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
+        f"{extra}connection: close\r\n\r\n"
     ).encode()
     await stream.send_all(head + body)
 

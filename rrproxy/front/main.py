@@ -14,16 +14,22 @@ import trio
 
 from ..adminaddress import default_admin, parse_admin
 from ..config import KERNEL_POLICIES, Config, ConfigError
+from ..ipc.messages import LATENCY_BUCKETS
 from ..listeners import Address, BindError, bind_listener, parse_bind, url_of
 from ..logs import format_line, reopen_log_file
 from .acceptor import accept_loop
 from .admin import AdminServer, bind_admin
 from .custom_policy import load_policy
 from .dispatcher import Dispatcher
+from .history import History, Sample
 from .policies import Policy
+from .status import snapshot
 from .supervisor import BootError, RestartStorm, Supervisor
 
 log = logging.getLogger("rrproxy.front")
+
+#: Seconds between two samples of the cluster's counters (the dashboard's resolution).
+SAMPLE_INTERVAL = 1.0
 
 #: How the front's own lines look: set by run() from --log-format.
 _JSON = False
@@ -89,6 +95,8 @@ class Front:
             if config.policy == "none" or (config.policy == "reuseport" and not _is_tcp(s))
         ]
         self.supervisor = Supervisor(config, shared, self.dispatcher, announce)
+        #: Rates and recent percentiles for /status and the dashboard.
+        self.history = History(LATENCY_BUCKETS)
         self._accept_scope = trio.CancelScope()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
@@ -102,6 +110,7 @@ class Front:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._sample_history)
             if self.admin is not None:
                 # Up before the workers, and independent of them.
                 nursery.start_soon(self.admin.serve)
@@ -118,6 +127,13 @@ class Front:
                 from .reloader import watch
 
                 nursery.start_soon(watch, self.config, self.supervisor)
+
+    async def _sample_history(self) -> None:
+        """Once a second, the counters the workers last reported (they send Stats every
+        second by themselves) and the CPU times from /proc: a few small file reads."""
+        while True:
+            self.history.record(Sample.from_status(trio.current_time(), snapshot(self)))
+            await trio.sleep(SAMPLE_INTERVAL)
 
     async def _accept(self) -> None:
         assert self.dispatcher is not None

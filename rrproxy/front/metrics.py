@@ -33,6 +33,15 @@ class _SnapshotCollector(Collector):
                 "pid": str(status["pid"]),
             },
         )
+        yield InfoMetricFamily(
+            "rrproxy_build",
+            "rrproxy's version, scheduling policy and the workers' event loop setting",
+            value={
+                "version": status["version"],
+                "policy": status["policy"],
+                "loop": status["loop"],
+            },
+        )
         up = GaugeMetricFamily(
             "rrproxy_worker_up", "1 if the worker slot is ready", labels=["worker"]
         )
@@ -59,8 +68,25 @@ class _SnapshotCollector(Collector):
         cpu = CounterMetricFamily(
             "rrproxy_worker_cpu_seconds", "CPU time of the slot's live processes", labels=["worker"]
         )
+        classes = CounterMetricFamily(
+            "rrproxy_worker_responses",
+            "responses by status class (2xx, 4xx, 5xx...)",
+            labels=["worker", "class"],
+        )
+        durations = HistogramMetricFamily(
+            "rrproxy_worker_request_duration_seconds",
+            "per worker: time from a request's head to the end of its response",
+            labels=["worker"],
+        )
         for worker in workers:
             label = [str(worker["id"])]
+            for name, count in worker["responses"].items():
+                classes.add_metric([*label, name], count)
+            durations.add_metric(
+                label,
+                _buckets(status["latency"]["buckets"], worker["latency_counts"]),
+                sum_value=worker["latency_sum"],
+            )
             up.add_metric(label, 1.0 if worker["state"] == "ready" else 0.0)
             conns.add_metric(label, worker["connections_total"])
             active.add_metric(label, worker["connections_active"])
@@ -69,7 +95,7 @@ class _SnapshotCollector(Collector):
             rss.add_metric(label, worker["rss_bytes"])
             cpu.add_metric(label, worker["cpu_seconds"])
             looping.add_metric(label, 1.0 if worker["crash_looping"] else 0.0)
-        yield from (up, conns, active, requests, restarts, rss, cpu, looping)
+        yield from (up, conns, active, requests, restarts, rss, cpu, looping, classes, durations)
         yield GaugeMetricFamily("rrproxy_workers", "worker slots", value=len(workers))
         responses = CounterMetricFamily(
             "rrproxy_responses", "responses by status code", labels=["status"]
@@ -78,16 +104,10 @@ class _SnapshotCollector(Collector):
             responses.add_metric([code], count)
         yield responses
         latency = status["latency"]
-        cumulative, buckets = 0, []
-        for bound, count in zip(
-            [*latency["buckets"], float("inf")], latency["counts"], strict=True
-        ):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         yield HistogramMetricFamily(
             "rrproxy_request_duration_seconds",
             "time from a request's head to the end of its response",
-            buckets=buckets,
+            buckets=_buckets(latency["buckets"], latency["counts"]),
             sum_value=latency["sum"],
         )
         front = status["front"]
@@ -104,6 +124,17 @@ class _SnapshotCollector(Collector):
         yield CounterMetricFamily(
             "rrproxy_front_cpu_seconds", "CPU time of the front", value=front["cpu_seconds"]
         )
+        yield GaugeMetricFamily(
+            "rrproxy_front_queued_connections",
+            "connections accepted and waiting for a worker to take them",
+            value=front["queued"],
+        )
+        yield GaugeMetricFamily(
+            "rrproxy_front_held_connections",
+            "connections handed to a worker that has not yet read them (the front keeps "
+            "its copy until then)",
+            value=front["held"],
+        )
         yield CounterMetricFamily(
             "rrproxy_front_messages_dropped",
             "messages not delivered to a worker that left its channel unread",
@@ -114,6 +145,15 @@ class _SnapshotCollector(Collector):
             "bytes held by the memory state store (--state-max-memory)",
             value=front["state_bytes"],
         )
+
+
+def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus's cumulative `le` buckets."""
+    cumulative, out = 0, []
+    for bound, count in zip([*bounds, float("inf")], counts, strict=True):
+        cumulative += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return out
 
 
 def render(status: dict[str, Any]) -> bytes:

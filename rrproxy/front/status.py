@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .. import __version__
 from ..ipc.messages import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -17,10 +18,11 @@ if TYPE_CHECKING:
 STARTED_AT = time.time()
 
 
-def snapshot(front: Front) -> dict[str, Any]:
+def snapshot(front: Front, with_history: bool = False) -> dict[str, Any]:
     supervisor = front.supervisor
     dispatcher = front.dispatcher
     now = trio.current_time()
+    recent = front.history.now()
     workers: list[dict[str, Any]] = []
     statuses: dict[int, int] = {}
     latency = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -29,20 +31,26 @@ def snapshot(front: Front) -> dict[str, Any]:
         slot = supervisor.slots[slot_id]
         processes = list(slot.processes)
         current = slot.current
-        for code, count in slot.past_statuses.items():
-            statuses[code] = statuses.get(code, 0) + count
-        for i, count in enumerate(slot.past_latency_counts):
-            latency[i] += count
-        latency_sum += slot.past_latency_sum
-        rss = cpu = 0.0
+        slot_latency_sum = slot.past_latency_sum
+        rss = 0.0
+        cpu = slot.past_cpu_seconds
+        slot_statuses = dict(slot.past_statuses)
+        slot_latency = list(slot.past_latency_counts) or [0] * len(latency)
         for process in processes:
             for code, count in process.statuses.items():
-                statuses[code] = statuses.get(code, 0) + count
+                slot_statuses[code] = slot_statuses.get(code, 0) + count
             for i, count in enumerate(process.latency_counts):
-                latency[i] += count
-            latency_sum += process.latency_sum
+                slot_latency[i] += count
+            slot_latency_sum += process.latency_sum
             rss += process.rss_bytes() or 0
-            cpu += process.cpu_seconds() or 0.0
+            read = process.cpu_seconds()
+            cpu += process.last_cpu_seconds if read is None else read
+        for code, count in slot_statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+        for i, count in enumerate(slot_latency):
+            latency[i] += count
+        latency_sum += slot_latency_sum
+        live = recent["workers"].get(slot.id, {})
         if current is not None:
             state = current.state.value
         else:
@@ -65,6 +73,12 @@ def snapshot(front: Front) -> dict[str, Any]:
                 else None,
                 "rss_bytes": int(rss),
                 "cpu_seconds": round(cpu, 3),
+                "cpu_percent": live.get("cpu_percent"),
+                "latency_p50_ms": live.get("latency_p50_ms"),
+                "latency_p99_ms": live.get("latency_p99_ms"),
+                "responses": status_classes(slot_statuses),
+                "latency_counts": slot_latency,
+                "latency_sum": round(slot_latency_sum, 6),
                 "last_exit": slot.last_exit,
                 "processes": len(processes),
             }
@@ -85,8 +99,10 @@ def snapshot(front: Front) -> dict[str, Any]:
         "requests_per_s": round(sum(w["requests_per_s"] for w in workers), 1),
     }
     times = os.times()
-    return {
+    out = {
+        "version": __version__,
         "policy": front.config.policy,
+        "loop": front.config.worker.loop,
         "pid": os.getpid(),
         "uptime_s": round(time.time() - STARTED_AT, 3),
         "listening": front.url,
@@ -95,6 +111,8 @@ def snapshot(front: Front) -> dict[str, Any]:
         "totals": totals,
         "front": {
             "cpu_seconds": round(times.user + times.system, 3),
+            "cpu_percent": recent["front"].get("cpu_percent"),
+            "handoffs_per_s": recent["front"].get("handoffs_per_s"),
             "handed_total": dispatcher.handed_total if dispatcher else 0,
             "rehanded_total": dispatcher.rehanded_total if dispatcher else 0,
             "queued": len(dispatcher.queue) if dispatcher else 0,
@@ -103,6 +121,7 @@ def snapshot(front: Front) -> dict[str, Any]:
             "state_bytes": supervisor.state_store.used_bytes,
             "state_keys": len(supervisor.state_store),
         },
+        "fairness": recent["fairness"],
         "responses": {str(code): count for code, count in sorted(statuses.items())},
         "latency": {
             "buckets": list(LATENCY_BUCKETS),
@@ -110,3 +129,16 @@ def snapshot(front: Front) -> dict[str, Any]:
             "sum": latency_sum,
         },
     }
+    if with_history:
+        out["history"] = front.history.series()
+    return out
+
+
+def status_classes(statuses: dict[int, int]) -> dict[str, int]:
+    """Responses by class: {"1xx": n, "2xx": n, ... "5xx": n}."""
+    classes = {f"{digit}xx": 0 for digit in "12345"}
+    for code, count in statuses.items():
+        key = f"{code // 100}xx"
+        if key in classes:
+            classes[key] += count
+    return classes

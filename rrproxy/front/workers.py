@@ -84,6 +84,7 @@ class WorkerProcess:
         self.channel_full_since: float | None = None
         #: After a worker gives a connection back, it gets none until this time.
         self.paused_until = 0.0
+        self.last_cpu_seconds = 0.0
         self.connections_total = 0
         self.connections_active = 0
         self.requests_total = 0
@@ -171,11 +172,13 @@ class WorkerProcess:
         return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time, from /proc."""
+        """User + system CPU time, from /proc (the last reading is kept in
+        last_cpu_seconds: once the process is gone, the slot's total keeps it)."""
         try:
             with open(f"/proc/{self.pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            self.last_cpu_seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            return self.last_cpu_seconds
         except (OSError, ValueError, IndexError):
             return None
 
@@ -244,6 +247,9 @@ class Slot:
     past_statuses: dict[int, int] = field(default_factory=dict)
     past_latency_counts: list[int] = field(default_factory=list)
     past_latency_sum: float = 0.0
+    #: CPU seconds of the slot's earlier processes (as last read from /proc), so the
+    #: slot's CPU counter survives restarts and reloads like its request count.
+    past_cpu_seconds: float = 0.0
     #: Every live process of the slot: the current one, and one draining beside it.
     processes: list[WorkerProcess] = field(default_factory=list)
 
@@ -259,6 +265,7 @@ class Slot:
             for i, count in enumerate(worker.latency_counts):
                 self.past_latency_counts[i] += count
         self.past_latency_sum += worker.latency_sum
+        self.past_cpu_seconds += worker.last_cpu_seconds
 
 
 def close_quietly(fd: int) -> None:

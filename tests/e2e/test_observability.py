@@ -79,6 +79,25 @@ def test_metrics_parse_and_match_status(tmp_path: Path):
     info = next(iter(families["rrproxy_info"].samples))
     assert info.labels["policy"] == "rr"
     assert families["rrproxy_front_connections_handed"].samples[0].value == 11.0
+    build = next(iter(families["rrproxy_build_info"].samples)).labels
+    assert build["policy"] == "rr" and build["loop"] == "auto" and build["version"]
+    classes = {
+        (s.labels["worker"], s.labels["class"]): s.value
+        for s in families["rrproxy_worker_responses"].samples
+        if s.name.endswith("_total")
+    }
+    assert sum(v for (_, c), v in classes.items() if c == "5xx") == 1.0
+    assert sum(v for (_, c), v in classes.items() if c == "2xx") == 10.0
+    per_worker = families["rrproxy_worker_request_duration_seconds"]
+    counts = [s.value for s in per_worker.samples if s.name.endswith("_count")]
+    assert sum(counts) == 11.0
+    # Sub-millisecond requests land in buckets of their own, not all in the first.
+    bounds = [s.labels["le"] for s in histogram.samples if s.name.endswith("_bucket")]
+    assert bounds[:4] == ["0.0001", "0.00025", "0.0005", "0.001"]
+    first = next(s.value for s in histogram.samples if s.name.endswith("_bucket"))
+    assert first < count  # not every hello request is "<= 100 us"
+    assert families["rrproxy_front_queued_connections"].samples[0].value == 0.0
+    assert families["rrproxy_front_held_connections"].samples[0].value == 0.0
 
 
 def test_admin_socket_is_private_and_actions_work(tmp_path: Path):
@@ -167,6 +186,37 @@ def test_rrproxy_status_prints_every_worker(tmp_path: Path):
         assert row.split()[1] == str(slot)
         assert "ready" in row
     assert "policy rr" in result.stdout
+    header = next(line for line in lines if "p50" in line)
+    assert "p99" in header and "2xx/4xx/5xx" in header
+
+
+def test_counters_and_cpu_survive_a_reload_and_rates_are_live(tmp_path: Path):
+    """Per-slot totals (requests, CPU seconds) carry over a rolling reload, and /status
+    has the live figures the dashboard shows (req/s, CPU %, p50/p99, fairness)."""
+    client = AdminClient(f"unix:{tmp_path / 'admin.sock'}")
+    with RRProxy(*admin_args(tmp_path), PROBE, workers=2) as server:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            get(server.port)
+        time.sleep(1.5)  # the front samples once a second
+        status = client.json("GET", "/status?history=1")
+        before = {w["id"]: w for w in status["workers"]}
+        for worker in status["workers"]:
+            assert worker["cpu_seconds"] > 0
+            assert worker["latency_p50_ms"] is not None
+            assert 0 < worker["latency_p50_ms"] <= worker["latency_p99_ms"] < 100
+            assert worker["responses"]["2xx"] == worker["requests_total"]
+        assert status["fairness"]["jain_index"] > 0.9  # rr over two workers
+        assert set(status["history"]["workers"]) == {"1", "2"}
+        assert any(rate and rate > 0 for rate in status["history"]["workers"]["1"])
+        assert client.json("POST", "/reload?wait=1")["reloaded"]
+        after = {w["id"]: w for w in client.json("GET", "/status")["workers"]}
+        for slot, worker in after.items():
+            assert worker["pid"] != before[slot]["pid"]
+            assert worker["requests_total"] >= before[slot]["requests_total"]
+            # The old process's CPU time stays in the slot's counter (a Prometheus
+            # counter must not go down across a reload).
+            assert worker["cpu_seconds"] >= before[slot]["cpu_seconds"]
 
 
 def test_status_without_a_running_rrproxy_says_so(tmp_path: Path):
