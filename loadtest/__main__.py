@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from .faults import main as faults_main
 
         return faults_main(argv[1:])
+    if argv[:1] == ["memory"]:
+        from .memory import main as memory_main
+
+        return memory_main(argv[1:])
     if argv[:1] == ["idle"]:
         from .idle import main as idle_main
 

@@ -133,6 +133,12 @@ class Config:
     uds_mode: int = 0o660
     #: Extra environment for the workers (--env-file).
     env: tuple[tuple[str, str], ...] = ()
+    #: Workers forked from a zygote (rrproxy/zygote.py) instead of fresh interpreters;
+    #: with preload, the zygote imports the app too.
+    fork_server: bool = False
+    preload: bool = False
+    #: Serve once "all" workers are ready, or the "first" one.
+    ready_strategy: str = "all"
     #: --reload: watch these directories for changes matching includes/excludes.
     reload: bool = False
     reload_dirs: tuple[str, ...] = ()

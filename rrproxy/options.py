@@ -125,6 +125,12 @@ OPTIONS: tuple[Option, ...] = (
            "apps mounted below a prefix", _APP, "PATH"),
     Option("env_file", ("--env-file",), _str, None, "KEY=VALUE lines put in the workers' "
            "environment", _APP, "PATH"),
+    Option("fork_server", ("--fork-server",), _bool, False, "fork workers from a zygote "
+           "that has imported the worker's modules: shared memory, fast starts", _APP,
+           switch=True),
+    Option("preload", ("--preload",), _bool, False, "import APP in the fork server too, "
+           "so its pages are shared (implies --fork-server; as gunicorn --preload)", _APP,
+           switch=True),
     # --- development
     Option("reload", ("--reload",), _bool, False, "roll workers over when a file under "
            "--reload-dir changes (needs rrproxy[reload])", _DEV, switch=True),
@@ -160,6 +166,8 @@ OPTIONS: tuple[Option, ...] = (
            "within this fails", _LIFE, "SECONDS"),
     Option("reload_batch", ("--reload-batch",), _int, 1, "workers replaced at a time by a "
            "rolling reload", _LIFE, "N"),
+    Option("ready_strategy", ("--ready-strategy",), _str, "all", "start serving once all "
+           "workers are ready, or once the first one is", _LIFE, choices=("all", "first")),
     Option("max_memory", ("--max-memory",), parse_size, 0, "recycle a worker above this "
            "resident memory (0: never)", _LIFE, "SIZE"),
     Option("max_requests", ("--max-requests",), _int, 0, "recycle a worker after N "

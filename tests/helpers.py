@@ -285,8 +285,9 @@ def get_from(port: int, source: str, path: str = "/", headers: str = "") -> Resp
 
 
 def worker_pids(front_pid: int) -> set[int]:
-    """Live worker processes of a front (its children running rrproxy.worker)."""
-    pids = set()
+    """Live worker processes of a front: its children running rrproxy.worker, or under
+    --fork-server the children of its fork server."""
+    processes: dict[int, tuple[int, str, bytes]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -297,10 +298,21 @@ def worker_pids(front_pid: int) -> set[int]:
                 argv = cmdline.read()
         except OSError:
             continue
-        # "python -m rrproxy.worker", or "rrproxy: worker N app" once setproctitle ran
+        processes[int(entry)] = (int(fields[1]), fields[0], argv)
+
+    def is_zygote(argv: bytes) -> bool:
+        return b"rrproxy.zygote" in argv or argv.startswith(b"rrproxy: fork server")
+
+    zygotes = {
+        pid for pid, (ppid, _, argv) in processes.items() if ppid == front_pid and is_zygote(argv)
+    }
+    pids = set()
+    for pid, (ppid, state, argv) in processes.items():
+        # "python -m rrproxy.worker", or "rrproxy: worker N app" once setproctitle ran;
+        # every child of the fork server is a worker.
         is_worker = b"rrproxy.worker" in argv or argv.startswith(b"rrproxy: worker")
-        if int(fields[1]) == front_pid and fields[0] != "Z" and is_worker:
-            pids.add(int(entry))
+        if state != "Z" and ((ppid == front_pid and is_worker) or ppid in zygotes):
+            pids.add(pid)
     return pids
 
 

@@ -23,7 +23,6 @@ import trio
 from ..adminaddress import AdminAddress, default_admin, parse_admin
 from ..config import ConfigError
 from ..listeners import Address, BindError, bind_listener
-from . import metrics
 from .dashboard import DATA_HEADERS, PAGE_HEADERS, dashboard_asset
 from .status import snapshot
 
@@ -129,6 +128,10 @@ class AdminServer:
             await supervisor.router.poll()
             return _json(200, snapshot(front, with_history=query.get("history") == ["1"]))
         if url.path == "/metrics":
+            # prometheus_client is imported when first asked for, not at start: a front
+            # nobody scrapes does not carry it (issue 20: lean processes).
+            from . import metrics
+
             await supervisor.router.poll()
             return 200, metrics.render(snapshot(front)), metrics.CONTENT_TYPE
         if front.stopping:

@@ -112,6 +112,9 @@ class Replacer:
             return False
         self.reloading = True
         try:
+            if supervisor.config.preload and not await supervisor.spawner.start_fork_server():
+                log.error("reload aborted: the workers keep their old code")
+                return False
             ids = sorted(supervisor.slots)
             batch = max(1, supervisor.config.reload_batch)
             log.info("rolling reload of %d workers, %d at a time", len(ids), batch)

@@ -16,10 +16,7 @@ link and the flusher of its channel, so anything that goes wrong with one worker
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 
 import trio
@@ -33,6 +30,7 @@ from .dispatcher import Dispatcher
 from .link import WorkerLink
 from .replace import Replacer
 from .routing import Router
+from .spawner import BootError, Spawner
 from .workers import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")
@@ -53,8 +51,6 @@ EARLY_DEATH = 5.0
 #: Bytes of messages the front queues for a worker that does not read its channel;
 #: beyond that its messages are dropped and it is replaced.
 CHANNEL_BACKLOG = 4 * 1024 * 1024
-#: Environment variables workers do not inherit: secrets only the front needs.
-PRIVATE_ENV = ("RRPROXY_ADMIN_TOKEN",)
 
 
 def _proved_itself(worker: WorkerProcess, now: float) -> bool:
@@ -62,10 +58,6 @@ def _proved_itself(worker: WorkerProcess, now: float) -> bool:
     if not worker.ever_ready or worker.ready_at is None:
         return False
     return worker.had_clients or now - worker.ready_at >= EARLY_DEATH
-
-
-class BootError(Exception):
-    """A worker could not start during the initial boot: rrproxy exits 2."""
 
 
 class RestartStorm(Exception):
@@ -90,6 +82,8 @@ class Supervisor:
         self.workers: list[WorkerProcess] = []
         self.stopping = False
         self._nursery: trio.Nursery | None = None
+        #: Starts worker processes: fresh interpreters, or forks of a zygote.
+        self.spawner = Spawner(config)
         self._booted = trio.Event()
         self._boot_error: BootError | None = None
         self._all_exited = trio.Event()
@@ -117,6 +111,9 @@ class Supervisor:
         shutdown() once every worker has exited."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.spawner.nursery = nursery
+            if self.config.fork_server:
+                await self.spawner.start_fork_server(booting=True)
             for slot_id in range(1, self.config.workers + 1):
                 self._add_slot(slot_id, booting=True)
             nursery.start_soon(health.watch, self)
@@ -174,7 +171,7 @@ class Supervisor:
             slot.last_exit = worker.failure or worker.describe_exit()
             if self.stopping or slot.removed:
                 continue
-            if booting and not worker.ever_ready:
+            if booting and not worker.ever_ready and not self._booted.is_set():
                 reason = worker.failure or (
                     f"worker {slot.id} exited ({worker.describe_exit()}) before it was ready"
                 )
@@ -237,9 +234,11 @@ class Supervisor:
 
     def _check_booted(self) -> None:
         """Boot is complete once every slot still wanted has had a ready worker (a
-        slot scaled away during boot does not hold it up)."""
+        slot scaled away during boot does not hold it up), or with --ready-strategy
+        first, once one has."""
         live = [s for s in self.slots.values() if not s.removed]
-        if live and all(s.ever_ready for s in live):
+        ready = any if self.config.ready_strategy == "first" else all
+        if live and ready(s.ever_ready for s in live):
             self._booted.set()
 
     def _fail_boot(self, error: BootError) -> None:
@@ -269,27 +268,8 @@ class Supervisor:
     async def start_worker(self, slot: Slot) -> WorkerProcess | None:
         """Spawn a worker for the slot and start the task that owns it."""
         front_end, worker_end = socketpair()
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        for key, value in self.config.env:  # --env-file
-            # Variables already set win, as with uvicorn --env-file (python-dotenv's
-            # load_dotenv): the deployment's environment overrides the checked-in file.
-            env.setdefault(key, value)
         try:
-            process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    # Benchmarks swap in loadtest.null_worker to measure the front alone.
-                    os.environ.get("RRPROXY_WORKER_MODULE", "rrproxy.worker"),
-                    "--fd",
-                    str(worker_end.fileno()),
-                    "--slot",
-                    str(slot.id),
-                ],
-                pass_fds=(worker_end.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+            process = await self.spawner.spawn(slot.id, worker_end)
         except OSError as exc:
             front_end.close()
             log.error("cannot start worker %d: %s", slot.id, exc)
@@ -346,6 +326,7 @@ class Supervisor:
                 self._all_exited.set()
             if self.dispatcher is not None:
                 self.dispatcher.reclaim(worker)
+            self.spawner.exited(worker.process)
             if worker in slot.processes:
                 slot.processes.remove(worker)
             slot.fold(worker)
@@ -440,6 +421,7 @@ class Supervisor:
             )
             worker.kill()
         await self._all_exited.wait()
+        self.spawner.close()
 
     def kill_all(self) -> None:
         self.stopping = True

@@ -13,6 +13,7 @@ import trio
 
 from ..ipc.channel import ChannelClosed, QueueFull, WorkerChannel
 from ..ipc.messages import Message
+from .forkserver import ForkedProcess
 
 #: Handoffs a worker may leave unanswered before round-robin prefers others. A
 #: worker answers once it has read from a connection, so a blocked loop fills this.
@@ -58,7 +59,7 @@ class WorkerProcess:
     def __init__(
         self,
         slot: int,
-        process: trio.Process,
+        process: trio.Process | ForkedProcess,
         channel: WorkerChannel,
         limit_concurrency: int | None = None,
     ) -> None:
