@@ -107,9 +107,16 @@ def _child(fd: int, slot: int, env: dict[str, str], closing: list[int]) -> None:
         os.environ.clear()
         os.environ.update(env)
         _set_title(f"rrproxy: worker {slot} starting")
-        from .worker.main import main as worker_main
+        from .worker import main as worker_module
 
-        worker_main(["--fd", str(fd), "--slot", str(slot)])
+        # What `python -m rrproxy.worker --fd FD --slot SLOT` would see: code that reads
+        # sys.argv (as gunicorn's and uvicorn's apps sometimes do) finds the same.
+        arguments = ["--fd", str(fd), "--slot", str(slot)]
+        sys.argv = [
+            os.path.join(os.path.dirname(worker_module.__file__), "__main__.py"),
+            *arguments,
+        ]
+        worker_module.main(arguments)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -99,7 +99,7 @@ class Spawner:
         self.nursery.start_soon(self._own, server)
         if old is not None:
             self._retire(old)
-        log.info(
+        log.debug(
             "fork server ready (pid %d%s)",
             server.process.pid,
             f", {preload} preloaded" if preload else "",

@@ -79,7 +79,6 @@ def test_forked_workers_restart_reload_and_stop(tmp_path: Path):
         assert zygote != server.proc.pid and _parent(zygote) == server.proc.pid
         assert all(_parent(pid) == zygote for pid in server.pids.values())
         assert worker_pids(server.proc.pid) == set(server.pids.values())
-        assert "fork server ready" in server.output()
         # A killed worker comes back, forked again.
         victim = server.pids[2]
         os.kill(victim, signal.SIGKILL)
