@@ -180,6 +180,8 @@ def serve(sock: socket.socket) -> None:
             data, ancdata, flags, _ = sock.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(4 * fd_size))
         except InterruptedError:
             continue
+        except OSError:
+            return  # the front is gone (a reset when it closed with data unread)
         fds: list[int] = []
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -115,6 +115,10 @@ class Front:
                 # Up before the workers, and independent of them.
                 nursery.start_soon(self.admin.serve)
             await nursery.start(self.supervisor.run)
+            if self._stopping:
+                # A stop came during boot: _graceful_stop has closed the listeners
+                # already, so there is nothing to announce and nothing to accept from.
+                return
             admin = f", admin {self.config.admin}" if self.config.admin else ""
             announce(
                 f"rrproxy: listening on {self.url} "

@@ -113,7 +113,7 @@ class Replacer:
         self.reloading = True
         try:
             if supervisor.config.preload and not await supervisor.spawner.start_fork_server():
-                log.error("reload aborted: the workers keep their old code")
+                log.error("reload aborted: the remaining workers keep their old code")
                 return False
             ids = sorted(supervisor.slots)
             batch = max(1, supervisor.config.reload_batch)
