@@ -17,7 +17,7 @@ def j(value):
     return {"t": "json", "v": value}
 
 
-def test_set_get_delete_and_ttl():
+def test_set_get_delete_and_ttl() -> None:
     clock = Clock()
     store = MemoryStore(clock)
     assert store.apply("get", "a") is None
@@ -32,7 +32,7 @@ def test_set_get_delete_and_ttl():
     assert store.apply("delete", "b") is False
 
 
-def test_incr_is_counted_from_zero_and_keeps_ttl():
+def test_incr_is_counted_from_zero_and_keeps_ttl() -> None:
     clock = Clock()
     store = MemoryStore(clock)
     assert store.apply("incr", "n", 1) == 1
@@ -43,7 +43,7 @@ def test_incr_is_counted_from_zero_and_keeps_ttl():
     assert store.apply("incr", "n", 1) == 1  # expired: a new counter
 
 
-def test_errors_are_clear():
+def test_errors_are_clear() -> None:
     store = MemoryStore(Clock())
     store.apply("set", "s", j("text"))
     with pytest.raises(StoreError, match="not an integer"):
@@ -58,7 +58,7 @@ def test_errors_are_clear():
         store.apply("incr", "k", "1")
 
 
-def test_sweep_drops_expired_keys():
+def test_sweep_drops_expired_keys() -> None:
     clock = Clock()
     store = MemoryStore(clock)
     for i in range(10):

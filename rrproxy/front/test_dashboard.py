@@ -5,7 +5,7 @@ import re
 from .dashboard import PAGE_HEADERS, dashboard_asset
 
 
-def test_the_page_and_its_files_are_served_for_get_only():
+def test_the_page_and_its_files_are_served_for_get_only() -> None:
     page = dashboard_asset(b"GET", b"/")
     assert page is not None and page.content_type.startswith("text/html")
     assert dashboard_asset(b"GET", b"/?x=1") == page
@@ -18,7 +18,7 @@ def test_the_page_and_its_files_are_served_for_get_only():
         assert dashboard_asset(method, target) is None
 
 
-def test_the_page_works_under_its_own_content_security_policy():
+def test_the_page_works_under_its_own_content_security_policy() -> None:
     # script-src 'self' and style-src 'self' forbid inline code: none may be there.
     html = dashboard_asset(b"GET", b"/").body.decode()  # type: ignore[union-attr]
     assert "script-src 'self'" in PAGE_HEADERS and "frame-ancestors 'none'" in PAGE_HEADERS
@@ -32,7 +32,7 @@ def test_the_page_works_under_its_own_content_security_policy():
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
 
 
-def test_the_script_never_puts_data_into_html_or_the_token_into_a_url():
+def test_the_script_never_puts_data_into_html_or_the_token_into_a_url() -> None:
     script = dashboard_asset(b"GET", b"/dashboard.js").body.decode()  # type: ignore[union-attr]
     # Worker exit reasons and addresses are shown with textContent, never parsed as HTML.
     assert "innerHTML" not in script and "outerHTML" not in script

@@ -10,7 +10,7 @@ from .history import History, Sample, SlotCounters, jain_index, quantile
 BOUNDS = (0.001, 0.01, 0.1)
 
 
-def test_quantile_interpolates_inside_the_bucket_like_prometheus():
+def test_quantile_interpolates_inside_the_bucket_like_prometheus() -> None:
     # 10 observations in (0.001, 0.01]: the median is halfway through that bucket.
     assert quantile(BOUNDS, [0, 10, 0, 0], 0.5) == pytest.approx(0.0055)
     # 99 fast, 1 slow: p50 in the first bucket, p99 the top of the first bucket
@@ -21,13 +21,13 @@ def test_quantile_interpolates_inside_the_bucket_like_prometheus():
     assert 0.01 < quantile(BOUNDS, counts, 0.999) <= 0.1  # type: ignore[operator]
 
 
-def test_quantile_edges():
+def test_quantile_edges() -> None:
     assert quantile(BOUNDS, [0, 0, 0, 0], 0.5) is None
     # Everything above the last bound: the last bound is all a histogram can say.
     assert quantile(BOUNDS, [0, 0, 0, 5], 0.99) == 0.1
 
 
-def test_sub_millisecond_requests_are_resolved():
+def test_sub_millisecond_requests_are_resolved() -> None:
     # What a hello-world handler does: 200 us. With Prometheus's default buckets
     # (first bound 5 ms) the p50 would read 2.5 ms.
     counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -36,7 +36,7 @@ def test_sub_millisecond_requests_are_resolved():
     assert p50 is not None and 0.0001 < p50 <= 0.00025
 
 
-def test_jain_index():
+def test_jain_index() -> None:
     assert jain_index([10, 10, 10, 10]) == pytest.approx(1.0)
     assert jain_index([40, 0, 0, 0]) == pytest.approx(0.25)
     assert jain_index([30, 10]) == pytest.approx(40**2 / (2 * (900 + 100)))
@@ -49,7 +49,7 @@ def _sample(at: float, requests: dict[int, int], cpu: float = 0.0, handed: int =
     return Sample(at, slots, front_cpu_seconds=cpu, handed_total=handed, rehanded_total=0)
 
 
-def test_rates_percentiles_and_fairness_from_samples():
+def test_rates_percentiles_and_fairness_from_samples() -> None:
     history = History(BOUNDS)
     assert history.now() == {"workers": {}, "front": {}, "fairness": {}}
     history.record(_sample(0.0, {1: 0, 2: 0}, cpu=0.0, handed=0))
@@ -66,7 +66,7 @@ def test_rates_percentiles_and_fairness_from_samples():
     assert fairness["jain_index"] == pytest.approx(400**2 / (2 * (300**2 + 100**2)), abs=1e-4)
 
 
-def test_a_slot_that_starts_over_counts_from_zero_and_time_must_advance():
+def test_a_slot_that_starts_over_counts_from_zero_and_time_must_advance() -> None:
     history = History(BOUNDS)
     history.record(_sample(0.0, {1: 500}))
     history.record(_sample(0.0, {1: 999}))  # same instant: ignored
@@ -74,7 +74,7 @@ def test_a_slot_that_starts_over_counts_from_zero_and_time_must_advance():
     assert history.now()["workers"][1]["requests_per_s"] == 20.0
 
 
-def test_percentiles_cover_only_the_recent_window():
+def test_percentiles_cover_only_the_recent_window() -> None:
     history = History(BOUNDS)
     slow = SlotCounters(0, 0.0, (0, 0, 1000, 0))
     history.record(Sample(0.0, {1: slow}, 0.0, 0, 0))
@@ -85,7 +85,7 @@ def test_percentiles_cover_only_the_recent_window():
     assert history.now()["workers"][1]["latency_p99_ms"] <= 1.0
 
 
-def test_series_for_sparklines():
+def test_series_for_sparklines() -> None:
     history = History(BOUNDS, capacity=4)
     for second in range(6):
         history.record(_sample(float(second), {1: second * 10, 2: second * 5}, handed=second))
@@ -100,7 +100,7 @@ def test_series_for_sparklines():
     assert not any(math.isnan(x) for x in series["handoffs_per_s"])
 
 
-def test_a_slot_younger_than_the_window_is_measured_from_its_first_sample():
+def test_a_slot_younger_than_the_window_is_measured_from_its_first_sample() -> None:
     history = History(BOUNDS)
     history.record(Sample(0.0, {}, 0.0, 0, 0))  # before any worker slot existed
     history.record(_sample(1.0, {1: 0, 2: 0}))

@@ -25,14 +25,14 @@ def workers(count: int) -> list[W]:
 # --- round-robin -----------------------------------------------------------------
 
 
-def test_rotation_is_strict():
+def test_rotation_is_strict() -> None:
     pool = workers(4)
     rr = RoundRobin()
     picks = [rr.choose(pool).name for _ in range(40)]
     assert picks == ["a", "b", "c", "d"] * 10
 
 
-def test_workers_without_room_are_passed_over_then_used_as_a_last_resort():
+def test_workers_without_room_are_passed_over_then_used_as_a_last_resort() -> None:
     a, b, c = W(1), W(2, has_room=False), W(3)
     rr = RoundRobin()
     assert [rr.choose([a, b, c]).name for _ in range(4)] == ["a", "c", "a", "c"]
@@ -41,14 +41,14 @@ def test_workers_without_room_are_passed_over_then_used_as_a_last_resort():
     assert rr.choose([a, b, c]).name in {"a", "b", "c"}
 
 
-def test_workers_not_accepting_are_never_chosen():
+def test_workers_not_accepting_are_never_chosen() -> None:
     a, b = W(1, accepting=False, has_room=False), W(2, accepting=False, has_room=False)
     for policy in (RoundRobin(), LeastConn(), IpHash()):
         assert policy.choose([a, b], client="10.0.0.1") is None
         assert policy.choose([], client="10.0.0.1") is None
 
 
-def test_rotation_survives_the_list_changing():
+def test_rotation_survives_the_list_changing() -> None:
     rr = RoundRobin()
     pool = workers(3)
     assert rr.choose(pool).name == "a"
@@ -60,7 +60,7 @@ def test_rotation_survives_the_list_changing():
 # --- least-conn ------------------------------------------------------------------
 
 
-def test_least_conn_picks_the_least_loaded():
+def test_least_conn_picks_the_least_loaded() -> None:
     a, b, c = W(1, load=5), W(2, load=1), W(3, load=3)
     policy = LeastConn()
     assert policy.choose([a, b, c]) is b
@@ -68,7 +68,7 @@ def test_least_conn_picks_the_least_loaded():
     assert policy.choose([a, b, c]) is c
 
 
-def test_least_conn_under_uneven_counts_evens_them_out():
+def test_least_conn_under_uneven_counts_evens_them_out() -> None:
     pool = [W(1, load=10), W(2, load=0), W(3, load=4)]
     policy = LeastConn()
     for _ in range(30):
@@ -76,14 +76,14 @@ def test_least_conn_under_uneven_counts_evens_them_out():
     assert sorted(w.load for w in pool) == [14, 15, 15]
 
 
-def test_least_conn_breaks_ties_round_robin():
+def test_least_conn_breaks_ties_round_robin() -> None:
     pool = workers(3)
     policy = LeastConn()
     picks = collections.Counter(policy.choose(pool).name for _ in range(30))
     assert picks == {"a": 10, "b": 10, "c": 10}
 
 
-def test_least_conn_prefers_room_over_load():
+def test_least_conn_prefers_room_over_load() -> None:
     full, free = W(1, load=0, has_room=False), W(2, load=50)
     assert LeastConn().choose([full, free]) is free
     assert LeastConn().choose([full], require_room=True) is None
@@ -95,7 +95,7 @@ def test_least_conn_prefers_room_over_load():
 CLIENTS = [f"10.{i // 256}.{i % 256}.7" for i in range(2000)]
 
 
-def test_ip_hash_is_stable_and_spreads():
+def test_ip_hash_is_stable_and_spreads() -> None:
     pool = workers(4)
     policy = IpHash()
     first = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
@@ -106,7 +106,7 @@ def test_ip_hash_is_stable_and_spreads():
     assert max(share.values()) / min(share.values()) < 1.5
 
 
-def test_ip_hash_moves_only_the_leaving_workers_clients_and_they_come_back():
+def test_ip_hash_moves_only_the_leaving_workers_clients_and_they_come_back() -> None:
     pool = workers(4)
     policy = IpHash()
     before = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
@@ -120,7 +120,7 @@ def test_ip_hash_moves_only_the_leaving_workers_clients_and_they_come_back():
     assert after == before
 
 
-def test_ip_hash_adding_a_worker_moves_about_its_share():
+def test_ip_hash_adding_a_worker_moves_about_its_share() -> None:
     policy = IpHash()
     four = workers(4)
     before = {client: policy.choose(four, client=client).slot for client in CLIENTS}
@@ -131,7 +131,7 @@ def test_ip_hash_adding_a_worker_moves_about_its_share():
     assert 0.1 < len(moved) / len(CLIENTS) < 0.3  # about 1/5
 
 
-def test_ip_hash_without_a_client_address_falls_back_to_rotation():
+def test_ip_hash_without_a_client_address_falls_back_to_rotation() -> None:
     pool = workers(2)
     policy = IpHash()
     assert [policy.choose(pool).name for _ in range(4)] == ["a", "b", "a", "b"]

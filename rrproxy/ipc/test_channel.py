@@ -18,7 +18,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_message_and_fd_round_trip():
+async def test_message_and_fd_round_trip() -> None:
     a, b = socketpair()
     front, worker = WorkerChannel(a), WorkerChannel(b)
     left, right = socket.socketpair()
@@ -35,7 +35,7 @@ async def test_message_and_fd_round_trip():
     worker.close()
 
 
-async def test_order_is_kept_when_the_peer_is_slow():
+async def test_order_is_kept_when_the_peer_is_slow() -> None:
     a, b = socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     front, worker = WorkerChannel(a), WorkerChannel(b)
@@ -55,7 +55,7 @@ async def test_order_is_kept_when_the_peer_is_slow():
     worker.close()
 
 
-async def test_send_nowait_queues_in_order_when_full():
+async def test_send_nowait_queues_in_order_when_full() -> None:
     a, b = socketpair()
     front, worker = WorkerChannel(a), WorkerChannel(b)
     results = [front.send_nowait(Taken(i, 0)) for i in range(5000)]
@@ -73,7 +73,7 @@ async def test_send_nowait_queues_in_order_when_full():
     worker.close()
 
 
-async def test_eof_is_channel_closed():
+async def test_eof_is_channel_closed() -> None:
     a, b = socketpair()
     worker = WorkerChannel(b)
     a.close()
@@ -84,7 +84,7 @@ async def test_eof_is_channel_closed():
     worker.close()
 
 
-async def test_garbage_and_unexpected_fds_are_rejected_and_closed():
+async def test_garbage_and_unexpected_fds_are_rejected_and_closed() -> None:
     a, b = socketpair()
     worker = WorkerChannel(b)
     a.send(b"\xfe garbage")
@@ -112,7 +112,7 @@ async def test_garbage_and_unexpected_fds_are_rejected_and_closed():
     worker.close()
 
 
-async def test_too_many_fds_is_ctrunc_and_nothing_leaks():
+async def test_too_many_fds_is_ctrunc_and_nothing_leaks() -> None:
     a, b = socketpair()
     worker = WorkerChannel(b)
     pairs = [socket.socketpair() for _ in range(200)]
@@ -129,7 +129,7 @@ async def test_too_many_fds_is_ctrunc_and_nothing_leaks():
     worker.close()
 
 
-async def test_a_batch_of_fds_arrives_in_order():
+async def test_a_batch_of_fds_arrives_in_order() -> None:
     a, b = socketpair()
     front, worker = WorkerChannel(a), WorkerChannel(b)
     pairs = [socket.socketpair() for _ in range(5)]

@@ -42,17 +42,17 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
-def test_round_trip(message):
+def test_round_trip(message) -> None:
     assert decode(encode(message)) == message
 
 
-def test_hot_path_messages_are_small():
+def test_hot_path_messages_are_small() -> None:
     assert len(encode(NewConn(5))) == 9
     assert len(encode(Taken(5, 1))) == 13
     assert len(encode(Load(5))) == 5
 
 
-def test_which_messages_carry_an_fd():
+def test_which_messages_carry_an_fd() -> None:
     assert fd_count(NewConn(1)) == 1
     assert fd_count(NewConns((1, 2, 3))) == 3
     assert fd_count(Configure(1, {}, listeners=1)) == 1
@@ -60,7 +60,7 @@ def test_which_messages_carry_an_fd():
     assert fd_count(Taken(1, 0)) == 0
 
 
-def test_new_conns_round_trip_and_bounds():
+def test_new_conns_round_trip_and_bounds() -> None:
     message = NewConns((1, 2, 2**64 - 1))
     assert decode(encode(message)) == message
     with pytest.raises(ValueError):
@@ -89,22 +89,22 @@ def test_new_conns_round_trip_and_bounds():
         (bytes([Hello.TAG]) + b"x" * MAX_MESSAGE_SIZE, "exceeds the limit"),
     ],
 )
-def test_garbage_is_a_protocol_error(data, reason):
+def test_garbage_is_a_protocol_error(data, reason) -> None:
     with pytest.raises(ProtocolError, match=reason):
         decode(data)
 
 
-def test_float_fields_accept_integers():
+def test_float_fields_accept_integers() -> None:
     assert decode(bytes([Stop.TAG]) + b'{"timeout":3}') == Stop(3)
 
 
-def test_oversized_message_is_refused_at_encode():
+def test_oversized_message_is_refused_at_encode() -> None:
     with pytest.raises(ValueError, match="exceeds the limit"):
         encode(Failed(kind="app", message="x" * MAX_MESSAGE_SIZE))
 
 
 @given(st.binary(max_size=300))
-def test_decode_never_raises_anything_but_protocol_error(data):
+def test_decode_never_raises_anything_but_protocol_error(data) -> None:
     try:
         decode(data)
     except ProtocolError:
@@ -112,7 +112,7 @@ def test_decode_never_raises_anything_but_protocol_error(data):
 
 
 @given(st.dictionaries(st.text(max_size=10), st.integers() | st.text() | st.none(), max_size=4))
-def test_decode_of_random_json_objects(body):
+def test_decode_of_random_json_objects(body) -> None:
     for cls in (Hello, Stats, Stop, Failed, Configure):
         try:
             message = decode(bytes([cls.TAG]) + json.dumps(body).encode())

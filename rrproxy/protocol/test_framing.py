@@ -22,7 +22,7 @@ def framing() -> RequestFraming:
     return RequestFraming(LIMIT, 100, 1024 * 1024)
 
 
-def test_valid_requests_pass_through_unchanged():
+def test_valid_requests_pass_through_unchanged() -> None:
     data = (
         b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
         b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
@@ -32,7 +32,7 @@ def test_valid_requests_pass_through_unchanged():
     assert gate.messages == 2 and gate.error is None
 
 
-def test_byte_by_byte_gives_the_same_bytes():
+def test_byte_by_byte_gives_the_same_bytes() -> None:
     data = (
         b"\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n0\r\n\r\n"
@@ -42,7 +42,7 @@ def test_byte_by_byte_gives_the_same_bytes():
     assert out == data.lstrip(b"\r\n") and gate.messages == 1 and gate.error is None
 
 
-def test_chunk_headers_are_made_canonical_and_trailers_dropped():
+def test_chunk_headers_are_made_canonical_and_trailers_dropped() -> None:
     data = (
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'5;name="quoted;value"\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n'
@@ -89,28 +89,28 @@ def test_chunk_headers_are_made_canonical_and_trailers_dropped():
         ),
     ],
 )
-def test_violations_are_rejected_with_their_status(data: bytes, status: int):
+def test_violations_are_rejected_with_their_status(data: bytes, status: int) -> None:
     gate = framing()
     gate.feed(data)
     assert isinstance(gate.error, FramingError)
     assert gate.error.status == status
 
 
-def test_a_bad_request_behind_a_good_one_keeps_the_good_one():
+def test_a_bad_request_behind_a_good_one_keeps_the_good_one() -> None:
     good = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
     gate = framing()
     assert gate.feed(good + b"GET /two HTTP/1.1\r\nHost: x\r\n Folded\r\n\r\n") == good
     assert gate.error is not None and gate.error.status == 400
 
 
-def test_bytes_after_an_upgrade_request_are_held_raw():
+def test_bytes_after_an_upgrade_request_are_held_raw() -> None:
     head = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     gate = framing()
     assert gate.feed(head + b"\x81\x85frame") == head
     assert gate.holding and gate.held() == b"\x81\x85frame"
 
 
-def test_nothing_after_an_upgrade_request_reaches_h11():
+def test_nothing_after_an_upgrade_request_reaches_h11() -> None:
     """Declined or not, what follows an Upgrade request is never parsed as HTTP: the
     server answers and closes (no WebSocket smuggling behind a careless proxy)."""
     head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n"
@@ -120,7 +120,7 @@ def test_nothing_after_an_upgrade_request_reaches_h11():
     assert gate.holding and gate.messages == 1
 
 
-def test_empty_lines_count_as_a_started_request():
+def test_empty_lines_count_as_a_started_request() -> None:
     gate = framing()
     gate.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert not gate.started
@@ -128,7 +128,7 @@ def test_empty_lines_count_as_a_started_request():
     assert gate.started
 
 
-def test_a_long_run_of_spaces_in_a_framing_header_is_not_slow():
+def test_a_long_run_of_spaces_in_a_framing_header_is_not_slow() -> None:
     """A regex that backtracked took 6.6 s for 64 KiB of spaces in an Upgrade value
     (quadratic); this bound is ten times what a linear scan needs on a slow machine."""
     import time
@@ -141,7 +141,7 @@ def test_a_long_run_of_spaces_in_a_framing_header_is_not_slow():
     assert gate.messages == 1
 
 
-def test_eof_in_the_middle_of_a_head_is_an_error_but_not_between_requests():
+def test_eof_in_the_middle_of_a_head_is_an_error_but_not_between_requests() -> None:
     gate = framing()
     gate.feed(b"GET / HTTP/1.1\r\nHo")
     gate.feed(b"")
@@ -251,7 +251,7 @@ EXAMPLES = int(os.environ.get("RRPROXY_FUZZ_EXAMPLES", "3000"))
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(mutated_requests())
-def test_rrproxy_never_frames_a_request_differently_from_llhttp(data: bytes):
+def test_rrproxy_never_frames_a_request_differently_from_llhttp(data: bytes) -> None:
     ours = rrproxy_first_end(data)
     if ours is None:
         return  # rejected: answered 4xx/5xx and closed, whatever llhttp thinks

@@ -7,7 +7,7 @@ import pytest
 from .proxy import V2_SIGNATURE, ProxyHeaderError, forwarded_client, parse, trusted
 
 
-def test_v1():
+def test_v1() -> None:
     data = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\nGET / HTTP/1.1\r\n"
     info, used = parse(data)
     assert info.client == ("203.0.113.7", 51234)
@@ -26,12 +26,12 @@ def test_v1():
         b"PROXY " + b"x" * 200,
     ],
 )
-def test_v1_garbage(bad):
+def test_v1_garbage(bad) -> None:
     with pytest.raises(ProxyHeaderError):
         parse(bad)
 
 
-def test_v2():
+def test_v2() -> None:
     body = bytes([198, 51, 100, 9, 10, 0, 0, 1]) + struct.pack("!HH", 40000, 443)
     data = V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body + b"rest"
     info, used = parse(data)
@@ -44,7 +44,7 @@ def test_v2():
         parse(V2_SIGNATURE[:-1] + b"X" + bytes(4))
 
 
-def test_forwarded_for_takes_the_rightmost_untrusted_hop():
+def test_forwarded_for_takes_the_rightmost_untrusted_hop() -> None:
     allow = ("127.0.0.1", "10.0.0.0/8")
     assert forwarded_client("203.0.113.9, 10.1.2.3", allow) == "203.0.113.9"
     assert forwarded_client("6.6.6.6, 203.0.113.9", allow) == "203.0.113.9"  # 6.6.6.6 forged

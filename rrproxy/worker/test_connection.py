@@ -126,7 +126,7 @@ CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_keep_alive_and_pipelining(backend: Backend):
+def test_keep_alive_and_pipelining(backend: Backend) -> None:
     post = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
     responses, transport = serve(backend, [GET, post + GET])
     assert [(status, body) for status, _, body in responses] == [
@@ -139,7 +139,7 @@ def test_keep_alive_and_pipelining(backend: Backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_a_request_split_at_every_byte_is_the_same_request(backend: Backend):
+def test_a_request_split_at_every_byte_is_the_same_request(backend: Backend) -> None:
     data = (
         b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     )
@@ -148,7 +148,7 @@ def test_a_request_split_at_every_byte_is_the_same_request(backend: Backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_100_continue_goes_out_before_the_body_is_read(backend: Backend):
+def test_100_continue_goes_out_before_the_body_is_read(backend: Backend) -> None:
     head = b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
     responses, transport = serve(backend, [head, b"abc"])
     assert transport.sent[0].startswith(b"HTTP/1.1 100 ")
@@ -166,7 +166,7 @@ def test_100_continue_goes_out_before_the_body_is_read(backend: Backend):
         (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501),
     ],
 )  # fmt: skip
-def test_limits_and_rejections_close_the_connection(backend, request_bytes, status):
+def test_limits_and_rejections_close_the_connection(backend, request_bytes, status) -> None:
     chunks = (
         [request_bytes[:1100], request_bytes[1100:]]
         if len(request_bytes) > 1100
@@ -178,7 +178,7 @@ def test_limits_and_rejections_close_the_connection(backend, request_bytes, stat
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_an_idle_connection_is_closed_quietly_and_a_slow_head_gets_408(backend: Backend):
+def test_an_idle_connection_is_closed_quietly_and_a_slow_head_gets_408(backend: Backend) -> None:
     responses, transport = serve(backend, [GET], hold=True)
     assert [s for s, _, _ in responses] == [200]  # then the keep-alive expired: no 408
     assert transport.closed
@@ -201,14 +201,14 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_an_asgi_app_streams_its_response_the_same_on_both_loops(backend: Backend):
+def test_an_asgi_app_streams_its_response_the_same_on_both_loops(backend: Backend) -> None:
     post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
     responses, _ = serve(backend, [post, GET], adapter=ASGIAdapter(asgi_app), handler=asgi_app)
     assert [(s, b) for s, _, b in responses] == [(201, b"hello"), (201, b"")]
     assert responses[0][1][b"transfer-encoding"] == b"chunked"
 
 
-def test_scope_deadline_is_reset_while_the_app_works():
+def test_scope_deadline_is_reset_while_the_app_works() -> None:
     """The connection's one scope never times the app out: a 0.5 s handler with a
     0.3 s header timeout still answers."""
 
@@ -221,7 +221,7 @@ def test_scope_deadline_is_reset_while_the_app_works():
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_requests_ahead_of_a_bad_pipelined_one_are_answered(backend: Backend):
+def test_requests_ahead_of_a_bad_pipelined_one_are_answered(backend: Backend) -> None:
     calls: list[str] = []
 
     async def count(request: Any) -> Any:
@@ -235,7 +235,7 @@ def test_requests_ahead_of_a_bad_pipelined_one_are_answered(backend: Backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-def test_empty_lines_cannot_keep_a_connection_open(backend: Backend):
+def test_empty_lines_cannot_keep_a_connection_open(backend: Backend) -> None:
     """CRLFs before a request line are ignored, but they start the header timeout:
     a client sending only them is cut off, not kept alive forever."""
     responses, transport = serve(backend, [GET, b"\r\n", b"\r\n"], hold=True)
@@ -243,7 +243,7 @@ def test_empty_lines_cannot_keep_a_connection_open(backend: Backend):
     assert transport.closed
 
 
-def test_bytes_sent_with_sendfile_are_counted_by_h11():
+def test_bytes_sent_with_sendfile_are_counted_by_h11() -> None:
     from ..protocol.http11 import InvalidResponse, Limits, ServerConnection
 
     core = ServerConnection(Limits())

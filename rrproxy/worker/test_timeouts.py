@@ -25,7 +25,7 @@ class Waiter:
         timeouts.watch(self, self.wait_deadline)
 
 
-async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(autojump_clock):
+async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(autojump_clock) -> None:
     timeouts = Timeouts(BACKEND)
     slow, quick = Waiter(), Waiter()
     async with trio.open_nursery() as nursery:
@@ -41,7 +41,9 @@ async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(autojump_
     assert quick.expired_at is None
 
 
-async def test_a_later_deadline_is_rechecked_and_an_earlier_one_wakes_the_task(autojump_clock):
+async def test_a_later_deadline_is_rechecked_and_an_earlier_one_wakes_the_task(
+    autojump_clock: object,
+) -> None:
     timeouts = Timeouts(BACKEND)
     waiter, draining = Waiter(), Waiter()
     async with trio.open_nursery() as nursery:
@@ -59,7 +61,7 @@ async def test_a_later_deadline_is_rechecked_and_an_earlier_one_wakes_the_task(a
     assert draining.expired_at == start + 2.5
 
 
-async def test_many_waits_of_one_connection_cost_one_entry(autojump_clock):
+async def test_many_waits_of_one_connection_cost_one_entry(autojump_clock) -> None:
     timeouts = Timeouts(BACKEND)
     waiter = Waiter()
     for _ in range(1000):  # a request a millisecond on a keep-alive connection
