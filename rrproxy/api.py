@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import Config as _ResolvedConfig
 from .config import ConfigError
-from .options import BY_NAME, CLI_ONLY, OPTIONS, coerce
+from .options import BY_NAME, CLI_ONLY, OPTIONS, Option, coerce
 from .sources import Settings
 
 
@@ -34,6 +34,7 @@ class Config:
 
     def __init__(self, app: object, **options: Any) -> None:
         settings = Settings()
+        option: Option | None  # each option, then the one each keyword names (or None)
         for option in OPTIONS:
             settings.values[option.name] = option.resolved_default()
             settings.origins[option.name] = "default"

@@ -63,7 +63,7 @@ def load_app(spec: str, app_dir: str = ".") -> Callable[..., Any]:
         raise AppLoadError(
             f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}{where}"
         ) from exc
-    obj: Any = module
+    obj: object = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

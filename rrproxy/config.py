@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 #: rr, least-conn, ip-hash: the front accepts and picks a worker (front/policies.py).
 #: none: workers accept from one shared socket; reuseport: each worker binds its own
@@ -115,11 +116,11 @@ class WorkerConfig:
     log_format: str = "text"
     log_file: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> WorkerConfig:
+    def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

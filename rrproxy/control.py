@@ -53,6 +53,7 @@ class AdminClient:
         if address.path is not None:
             conn: http.client.HTTPConnection = _UnixHTTPConnection(address.path, self.timeout)
         else:
+            assert address.host is not None  # parse_admin() sets a path or a host
             conn = http.client.HTTPConnection(address.host, address.port, timeout=self.timeout)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:

@@ -98,6 +98,7 @@ def serve_dashboard(client: AdminClient, port: int = 0) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     host, bound = server.server_address[:2]
+    assert isinstance(host, str)  # an AF_INET server's address: (str, int)
     print(
         f"rrproxy dashboard: http://{host}:{bound}/#token={token}\n"
         "  (open it in a browser on this machine; Ctrl-C stops it)",

@@ -53,7 +53,7 @@ class Headers(Mapping[str, str]):
             raise KeyError(name)
         return value.decode("latin-1")
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         value = self._find(name)
         return default if value is None else value.decode("latin-1")
 
@@ -72,6 +72,7 @@ class Headers(Mapping[str, str]):
     def __len__(self) -> int:
         return len({k for k, _ in self._raw})
 
+    # A list with repeated names, not Mapping's ItemsView of distinct keys.
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         """Every (name, value) pair, repeated names included."""
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw]
@@ -166,6 +167,7 @@ class Response:
         kind = type(headers)
         if headers is None:
             self.headers: list[tuple[str, str]] = []
+        # (mypy does not narrow on `kind is`: the two ignores below.)
         elif kind is list or kind is tuple:
             self.headers = list(headers)  # type: ignore[arg-type]
         elif kind is dict or isinstance(headers, Mapping):

@@ -152,7 +152,7 @@ class RedisBackend:
         if op == "get":
             return _from_redis(await self._execute("GET", key))
         if op == "set":
-            args = ["SET", key, _to_redis(value)]
+            args: list[str | bytes | int] = ["SET", key, _to_redis(value)]
             if ttl is not None:
                 args += ["PX", max(1, int(ttl * 1000))]
             await self._execute(*args)

@@ -13,7 +13,7 @@ class Clock:
         return self.now
 
 
-def j(value):
+def j(value: object) -> dict[str, object]:
     return {"t": "json", "v": value}
 
 

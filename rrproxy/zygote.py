@@ -170,7 +170,8 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     fd_size = array.array("i").itemsize
     while True:
-        readable, _, _ = select.select([sock, wakeup_read], [], [])
+        watched: list[socket.socket | int] = [sock, wakeup_read]
+        readable, _, _ = select.select(watched, [], [])
         if wakeup_read in readable:
             os.read(wakeup_read, 4096)
             _reap(sock)

@@ -23,7 +23,7 @@ _RESOURCE_PAUSE = 0.1
 async def accept_loop(listener: socket.socket, dispatcher: Dispatcher) -> None:
     listener.setblocking(False)
     # The fd, not a Python socket object: the front only passes it on and closes it.
-    accept = listener._accept  # type: ignore[attr-defined]
+    accept = listener._accept  # type: ignore[attr-defined]  # CPython's, not in typeshed
     submit_many = dispatcher.submit_many
     while True:
         room = dispatcher.room()

@@ -55,7 +55,8 @@ class GuardedPolicy:
         self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
     ) -> C | None:
         try:
-            chosen = self.inner.choose(candidates, require_room, client)
+            # Checked below: a non-None answer must be one of `candidates`.
+            chosen: C | None = self.inner.choose(candidates, require_room, client)
         except Exception as exc:
             return self._instead(candidates, require_room, f"raised {exc!r}", exc)
         if chosen is None:

@@ -173,7 +173,7 @@ class Dispatcher:
                 # The queue runs oldest first: those that waited HOLD_FOR_ROOM may go to
                 # a worker without room, the others wait for one with room.
                 patient = queue[0].queued_at <= patience_over
-                batch = []
+                batch: list[PendingConn] = []
                 while (
                     queue
                     and len(batch) < MAX_BATCH * 4

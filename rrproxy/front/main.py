@@ -23,8 +23,9 @@ from .custom_policy import load_policy
 from .dispatcher import Dispatcher
 from .history import History, Sample
 from .policies import Policy
+from .spawner import BootError
 from .status import snapshot
-from .supervisor import BootError, RestartStorm, Supervisor
+from .supervisor import RestartStorm, Supervisor
 
 log = logging.getLogger("rrproxy.front")
 
@@ -281,10 +282,10 @@ def run(config: Config) -> int:
                 return code
         raise
     finally:
-        for sock in (*listeners, admin_sock):
-            if sock is not None:
+        for open_sock in (*listeners, admin_sock):
+            if open_sock is not None:
                 try:
-                    sock.close()
+                    open_sock.close()
                 except OSError:
                     pass
         _remove_unix_paths(owned)

@@ -147,7 +147,7 @@ class _SnapshotCollector(Collector):
         )
 
 
-def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
+def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, int]]:
     """Per-bucket counts as Prometheus's cumulative `le` buckets."""
     cumulative, out = 0, []
     for bound, count in zip([*bounds, float("inf")], counts, strict=True):

@@ -20,7 +20,9 @@ def test_the_page_and_its_files_are_served_for_get_only() -> None:
 
 def test_the_page_works_under_its_own_content_security_policy() -> None:
     # script-src 'self' and style-src 'self' forbid inline code: none may be there.
-    html = dashboard_asset(b"GET", b"/").body.decode()  # type: ignore[union-attr]
+    page = dashboard_asset(b"GET", b"/")
+    assert page is not None
+    html = page.body.decode()
     assert "script-src 'self'" in PAGE_HEADERS and "frame-ancestors 'none'" in PAGE_HEADERS
     for tag in re.findall(r"<script\b[^>]*>", html):
         assert "src=" in tag, tag
@@ -33,7 +35,9 @@ def test_the_page_works_under_its_own_content_security_policy() -> None:
 
 
 def test_the_script_never_puts_data_into_html_or_the_token_into_a_url() -> None:
-    script = dashboard_asset(b"GET", b"/dashboard.js").body.decode()  # type: ignore[union-attr]
+    asset = dashboard_asset(b"GET", b"/dashboard.js")
+    assert asset is not None
+    script = asset.body.decode()
     # Worker exit reasons and addresses are shown with textContent, never parsed as HTML.
     assert "innerHTML" not in script and "outerHTML" not in script
     assert "document.write" not in script and "eval(" not in script

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .policies import IpHash, LeastConn, RoundRobin
+from .policies import IpHash, LeastConn, Policy, RoundRobin
 
 
 @dataclass
@@ -22,23 +23,32 @@ def workers(count: int) -> list[W]:
     return [W(slot) for slot in range(1, count + 1)]
 
 
+def pick(
+    policy: Policy, pool: Sequence[W], require_room: bool = False, client: str | None = None
+) -> W:
+    """choose(), where the test has a worker to pick."""
+    chosen = policy.choose(pool, require_room, client)
+    assert chosen is not None
+    return chosen
+
+
 # --- round-robin -----------------------------------------------------------------
 
 
 def test_rotation_is_strict() -> None:
     pool = workers(4)
     rr = RoundRobin()
-    picks = [rr.choose(pool).name for _ in range(40)]
+    picks = [pick(rr, pool).name for _ in range(40)]
     assert picks == ["a", "b", "c", "d"] * 10
 
 
 def test_workers_without_room_are_passed_over_then_used_as_a_last_resort() -> None:
     a, b, c = W(1), W(2, has_room=False), W(3)
     rr = RoundRobin()
-    assert [rr.choose([a, b, c]).name for _ in range(4)] == ["a", "c", "a", "c"]
+    assert [pick(rr, [a, b, c]).name for _ in range(4)] == ["a", "c", "a", "c"]
     a.has_room = c.has_room = False
     assert rr.choose([a, b, c], require_room=True) is None
-    assert rr.choose([a, b, c]).name in {"a", "b", "c"}
+    assert pick(rr, [a, b, c]).name in {"a", "b", "c"}
 
 
 def test_workers_not_accepting_are_never_chosen() -> None:
@@ -51,9 +61,9 @@ def test_workers_not_accepting_are_never_chosen() -> None:
 def test_rotation_survives_the_list_changing() -> None:
     rr = RoundRobin()
     pool = workers(3)
-    assert rr.choose(pool).name == "a"
+    assert pick(rr, pool).name == "a"
     pool.pop(0)  # a leaves
-    picks = [rr.choose(pool).name for _ in range(4)]
+    picks = [pick(rr, pool).name for _ in range(4)]
     assert sorted(picks) == ["b", "b", "c", "c"]
 
 
@@ -72,14 +82,14 @@ def test_least_conn_under_uneven_counts_evens_them_out() -> None:
     pool = [W(1, load=10), W(2, load=0), W(3, load=4)]
     policy = LeastConn()
     for _ in range(30):
-        policy.choose(pool).load += 1  # each handoff adds a connection
+        pick(policy, pool).load += 1  # each handoff adds a connection
     assert sorted(w.load for w in pool) == [14, 15, 15]
 
 
 def test_least_conn_breaks_ties_round_robin() -> None:
     pool = workers(3)
     policy = LeastConn()
-    picks = collections.Counter(policy.choose(pool).name for _ in range(30))
+    picks = collections.Counter(pick(policy, pool).name for _ in range(30))
     assert picks == {"a": 10, "b": 10, "c": 10}
 
 
@@ -98,8 +108,8 @@ CLIENTS = [f"10.{i // 256}.{i % 256}.7" for i in range(2000)]
 def test_ip_hash_is_stable_and_spreads() -> None:
     pool = workers(4)
     policy = IpHash()
-    first = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
-    again = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
+    first = {client: pick(policy, pool, client=client).slot for client in CLIENTS}
+    again = {client: pick(policy, pool, client=client).slot for client in CLIENTS}
     assert first == again
     share = collections.Counter(first.values())
     assert set(share) == {1, 2, 3, 4}
@@ -109,23 +119,23 @@ def test_ip_hash_is_stable_and_spreads() -> None:
 def test_ip_hash_moves_only_the_leaving_workers_clients_and_they_come_back() -> None:
     pool = workers(4)
     policy = IpHash()
-    before = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
+    before = {client: pick(policy, pool, client=client).slot for client in CLIENTS}
     pool[2].accepting = False  # worker 3 is restarting
-    during = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
+    during = {client: pick(policy, pool, client=client).slot for client in CLIENTS}
     moved = {client for client in CLIENTS if before[client] != during[client]}
     assert moved == {client for client in CLIENTS if before[client] == 3}
     assert all(during[client] != 3 for client in moved)
     pool[2].accepting = True
-    after = {client: policy.choose(pool, client=client).slot for client in CLIENTS}
+    after = {client: pick(policy, pool, client=client).slot for client in CLIENTS}
     assert after == before
 
 
 def test_ip_hash_adding_a_worker_moves_about_its_share() -> None:
     policy = IpHash()
     four = workers(4)
-    before = {client: policy.choose(four, client=client).slot for client in CLIENTS}
+    before = {client: pick(policy, four, client=client).slot for client in CLIENTS}
     five = workers(5)
-    after = {client: policy.choose(five, client=client).slot for client in CLIENTS}
+    after = {client: pick(policy, five, client=client).slot for client in CLIENTS}
     moved = [client for client in CLIENTS if before[client] != after[client]]
     assert all(after[client] == 5 for client in moved)  # only to the new worker
     assert 0.1 < len(moved) / len(CLIENTS) < 0.3  # about 1/5
@@ -134,4 +144,4 @@ def test_ip_hash_adding_a_worker_moves_about_its_share() -> None:
 def test_ip_hash_without_a_client_address_falls_back_to_rotation() -> None:
     pool = workers(2)
     policy = IpHash()
-    assert [policy.choose(pool).name for _ in range(4)] == ["a", "b", "a", "b"]
+    assert [pick(policy, pool).name for _ in range(4)] == ["a", "b", "a", "b"]

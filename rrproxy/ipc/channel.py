@@ -81,7 +81,9 @@ class WorkerChannel:
         max_backlog: int | None = None,
     ) -> None:
         if backend is None:
-            from ..worker.trio import BACKEND as backend
+            from ..worker.trio import BACKEND
+
+            backend = BACKEND  # (mypy does not narrow through `import ... as backend`)
         self._backend = backend
         sock.setblocking(False)
         self._sock = sock

@@ -17,6 +17,7 @@ import json
 import struct
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -129,7 +130,7 @@ class Configure(Message):
 
     TAG: ClassVar[int] = 17
     worker_id: int
-    config: dict
+    config: dict[str, Any]
     #: Listening sockets attached (the ones workers accept from themselves).
     listeners: int = 0
     worker_count: int = 1
@@ -162,10 +163,10 @@ class Stats(Message):
     connections_active: int
     requests_total: int
     #: Responses by status code ("200": n), since the worker started.
-    statuses: dict = dataclasses.field(default_factory=dict)
+    statuses: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Request latency: counts per bucket of LATENCY_BUCKETS (not cumulative), and
     #: the sum of all latencies in seconds.
-    latency_counts: list = dataclasses.field(default_factory=list)
+    latency_counts: list[Any] = dataclasses.field(default_factory=list)
     latency_sum: float = 0.0
 
 
@@ -285,12 +286,15 @@ def encode(message: Message) -> bytes:
     """Serialize one message to the bytes of one datagram."""
     cls = type(message)
     if cls is NewConns:
-        ids = message.conn_ids  # type: ignore[attr-defined]
+        ids = message.conn_ids  # type: ignore[attr-defined]  # cls is NewConns
         if not 0 < len(ids) <= MAX_BATCH:
             raise ValueError(f"NewConns carries 1 to {MAX_BATCH} connections")
         return NewConns.HEAD.pack(NewConns.TAG, len(ids)) + struct.pack(f"!{len(ids)}Q", *ids)
     if cls in _BINARY_TYPES:
-        return cls.STRUCT.pack(cls.TAG, *[getattr(message, n) for n in cls.__slots__])  # type: ignore[attr-defined]
+        # Every class in _BINARY_TYPES defines STRUCT; Message itself does not.
+        layout: struct.Struct = cls.STRUCT  # type: ignore[attr-defined]
+        names: tuple[str, ...] = cls.__slots__
+        return layout.pack(cls.TAG, *[getattr(message, n) for n in names])
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     data = bytes([cls.TAG]) + json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE_SIZE:
@@ -317,7 +321,7 @@ def decode(data: bytes) -> Message:
         return NewConns(struct.unpack_from(f"!{count}Q", data, NewConns.HEAD.size))
     binary = _BINARY.get(tag)
     if binary is not None:
-        layout: struct.Struct = binary.STRUCT  # type: ignore[attr-defined]
+        layout: struct.Struct = binary.STRUCT  # type: ignore[attr-defined]  # binary classes have one
         if len(data) != layout.size:
             raise ProtocolError(f"{binary.__name__}: body of {len(data)} bytes")
         return binary(*layout.unpack(data)[1:])
@@ -334,7 +338,7 @@ def decode(data: bytes) -> Message:
 
 
 @functools.cache
-def _schema(cls: type[Message]) -> tuple[tuple[dataclasses.Field, Any], ...]:
+def _schema(cls: type[Message]) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
     """Each field with its resolved type, computed once per message class."""
     hints = typing.get_type_hints(cls)
     return tuple((field, hints[field.name]) for field in dataclasses.fields(cls))
@@ -346,7 +350,9 @@ def _no_constants(name: str) -> Any:
 
 def _from_fields(cls: type[Message], body: dict[str, Any]) -> Message:
     kwargs: dict[str, Any] = {}
-    schema = _schema(cls)
+    # Classes are hashable; mypy takes a dataclass's __hash__ (an instance method) for
+    # the class object's and rejects it as an lru_cache key.
+    schema = _schema(cls)  # type: ignore[arg-type]
     for field, hint in schema:
         if field.name not in body:
             if field.default is dataclasses.MISSING:
@@ -401,6 +407,7 @@ def _nesting(value: Any) -> int:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

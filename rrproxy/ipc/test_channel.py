@@ -41,9 +41,10 @@ async def test_order_is_kept_when_the_peer_is_slow() -> None:
     front, worker = WorkerChannel(a), WorkerChannel(b)
     received: list[int] = []
 
-    async def reader():
+    async def reader() -> None:
         while len(received) < 2000:
             message, _ = await worker.receive()
+            assert isinstance(message, Taken)
             received.append(message.conn_id)
 
     async with trio.open_nursery() as nursery:
@@ -61,12 +62,13 @@ async def test_send_nowait_queues_in_order_when_full() -> None:
     results = [front.send_nowait(Taken(i, 0)) for i in range(5000)]
     assert False in results  # the socket filled up at some point
     assert not front.try_send(Taken(99999, 0))  # no overtaking the queue
-    got = []
+    got: list[int] = []
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(front.flush)
         while len(got) < 5000:
             message, _ = await worker.receive()
+            assert isinstance(message, Taken)
             got.append(message.conn_id)
     assert got == list(range(5000))
     front.close()

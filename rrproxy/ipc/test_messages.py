@@ -13,6 +13,7 @@ from .messages import (
     Failed,
     Hello,
     Load,
+    Message,
     NewConn,
     NewConns,
     ProtocolError,
@@ -42,7 +43,7 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
-def test_round_trip(message) -> None:
+def test_round_trip(message: Message) -> None:
     assert decode(encode(message)) == message
 
 
@@ -89,7 +90,7 @@ def test_new_conns_round_trip_and_bounds() -> None:
         (bytes([Hello.TAG]) + b"x" * MAX_MESSAGE_SIZE, "exceeds the limit"),
     ],
 )
-def test_garbage_is_a_protocol_error(data, reason) -> None:
+def test_garbage_is_a_protocol_error(data: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         decode(data)
 
@@ -104,7 +105,7 @@ def test_oversized_message_is_refused_at_encode() -> None:
 
 
 @given(st.binary(max_size=300))
-def test_decode_never_raises_anything_but_protocol_error(data) -> None:
+def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
     try:
         decode(data)
     except ProtocolError:
@@ -112,7 +113,7 @@ def test_decode_never_raises_anything_but_protocol_error(data) -> None:
 
 
 @given(st.dictionaries(st.text(max_size=10), st.integers() | st.text() | st.none(), max_size=4))
-def test_decode_of_random_json_objects(body) -> None:
+def test_decode_of_random_json_objects(body: dict[str, int | str | None]) -> None:
     for cls in (Hello, Stats, Stop, Failed, Configure):
         try:
             message = decode(bytes([cls.TAG]) + json.dumps(body).encode())

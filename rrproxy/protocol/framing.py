@@ -173,6 +173,7 @@ class RequestFraming:
         buffer = self._buffer
         if buffer[:1] in (b"\r", b"\n"):
             # RFC 9112 §2.2: ignore empty lines (CRLF) before a request line.
+            # match() is not None: the buffer starts with CR or LF.
             buffer = self._buffer = buffer[_EMPTY_LINES.match(buffer).end() :]  # type: ignore[union-attr]
             if buffer[:1] == b"\n" or (buffer[:1] == b"\r" and len(buffer) > 1):
                 raise FramingError(400, "a bare LF or CR before the request line")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import h11
 
 _date_second = -1
 _date_value = b""
@@ -21,9 +25,11 @@ def http_date() -> bytes:
     return _date_value
 
 
-def encode_header_pairs(headers: list[tuple[str, str]] | list[tuple[bytes, bytes]]) -> list:
+def encode_header_pairs(
+    headers: list[tuple[str, str]] | list[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
     """Handler headers (str or bytes) to the bytes pairs h11 takes, names lowercased."""
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if isinstance(name, str):
             name = name.encode("latin-1")
@@ -50,7 +56,7 @@ def declared_length(pairs: list[tuple[bytes, bytes]]) -> int | None:
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
-def head_size(request) -> int:
+def head_size(request: h11.Request) -> int:
     """Bytes of the request line and headers as received (to within the spaces)."""
     size = len(request.method) + len(request.target) + 12
     for name, value in request.headers:

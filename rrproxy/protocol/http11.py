@@ -11,6 +11,7 @@ Unit-tested with plain bytes (test_http11.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import h11
 
@@ -20,7 +21,8 @@ from .http import error_body, http_date, reason
 
 #: The request has been read whole (after an Upgrade request, h11 waits in
 #: MIGHT_SWITCH_PROTOCOL until our response says whether it switches).
-_REQUEST_READ = (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
+# MIGHT_SWITCH_PROTOCOL is public in h11's docs but missing from its __all__.
+_REQUEST_READ = (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)  # type: ignore[attr-defined]
 _VERSIONS = (b"1.1", b"1.0")
 NEED_DATA = h11.NEED_DATA
 
@@ -146,10 +148,11 @@ class ServerConnection:
             return NEED_DATA
         kind = type(event)
         if kind is h11.Data:
-            self._body_received += len(event.data)  # type: ignore[attr-defined]
+            data = cast(h11.Data, event).data  # mypy does not narrow on `kind is`
+            self._body_received += len(data)
             if self._body_received > self.limits.max_body:
                 raise BodyTooLarge(self.limits.max_body)
-            return bytes(event.data)  # type: ignore[attr-defined]
+            return bytes(data)
         if kind is h11.EndOfMessage:
             self.body_done = True
             return None
@@ -243,7 +246,10 @@ class ServerConnection:
     def sent_elsewhere(self, count: int) -> None:
         """`count` body bytes went out without passing through here (os.sendfile of a
         file, under Content-Length framing): account for them in h11's state."""
-        pieces = self.conn.send_with_data_passthrough(h11.Data(data=_Length(count)))
+        # _Length is no bytes, on purpose: h11 only takes its len() (see _Length).
+        pieces = self.conn.send_with_data_passthrough(
+            h11.Data(data=_Length(count))  # type: ignore[arg-type]
+        )
         if pieces is None or len(pieces) != 1 or not isinstance(pieces[0], _Length):
             # Only Content-Length framing passes the data on untouched.
             raise InvalidResponse("a file can only be sent with a Content-Length")

@@ -4,17 +4,24 @@ import struct
 
 import pytest
 
-from .proxy import V2_SIGNATURE, ProxyHeaderError, forwarded_client, parse, trusted
+from .proxy import V2_SIGNATURE, ProxyHeaderError, ProxyInfo, forwarded_client, parse, trusted
+
+
+def parsed(data: bytes) -> tuple[ProxyInfo, int]:
+    """parse(), for a header that is complete."""
+    result = parse(data)
+    assert result is not None
+    return result
 
 
 def test_v1() -> None:
     data = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\nGET / HTTP/1.1\r\n"
-    info, used = parse(data)
+    info, used = parsed(data)
     assert info.client == ("203.0.113.7", 51234)
     assert data[used:] == b"GET / HTTP/1.1\r\n"
     assert parse(b"PROXY TCP4 203.0") is None  # needs more
-    assert parse(b"PROXY UNKNOWN\r\n")[0].client is None
-    assert parse(b"PROXY TCP6 2001:db8::1 ::1 4000 80\r\n")[0].client == ("2001:db8::1", 4000)
+    assert parsed(b"PROXY UNKNOWN\r\n")[0].client is None
+    assert parsed(b"PROXY TCP6 2001:db8::1 ::1 4000 80\r\n")[0].client == ("2001:db8::1", 4000)
 
 
 @pytest.mark.parametrize(
@@ -26,7 +33,7 @@ def test_v1() -> None:
         b"PROXY " + b"x" * 200,
     ],
 )
-def test_v1_garbage(bad) -> None:
+def test_v1_garbage(bad: bytes) -> None:
     with pytest.raises(ProxyHeaderError):
         parse(bad)
 
@@ -34,12 +41,12 @@ def test_v1_garbage(bad) -> None:
 def test_v2() -> None:
     body = bytes([198, 51, 100, 9, 10, 0, 0, 1]) + struct.pack("!HH", 40000, 443)
     data = V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body + b"rest"
-    info, used = parse(data)
+    info, used = parsed(data)
     assert info.client == ("198.51.100.9", 40000)
     assert data[used:] == b"rest"
     assert parse(data[:20]) is None
     local = V2_SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", 0)
-    assert parse(local)[0].client is None
+    assert parsed(local)[0].client is None
     with pytest.raises(ProxyHeaderError):
         parse(V2_SIGNATURE[:-1] + b"X" + bytes(4))
 

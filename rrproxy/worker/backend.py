@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -35,7 +36,13 @@ class CancelScope(Protocol):
 
     def __enter__(self) -> CancelScope: ...
 
-    def __exit__(self, *exc: object) -> bool | None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> bool | None: ...
 
 
 class Event(Protocol):
@@ -43,7 +50,8 @@ class Event(Protocol):
 
     def is_set(self) -> bool: ...
 
-    async def wait(self) -> None: ...
+    # object: trio's wait() returns None, asyncio's True; nothing uses the value.
+    async def wait(self) -> object: ...
 
 
 class TaskGroup(Protocol):

@@ -160,6 +160,7 @@ class HTTPConnection:
         # Under TLS the header comes in clear before the handshake (HAProxy's
         # send-proxy on a TLS passthrough): read it below the TLS layer.
         push_ciphertext = getattr(self.io, "push_ciphertext", None)
+        # A transport with push_ciphertext is the TLS one, which has `inner`.
         source = self.io.inner if push_ciphertext is not None else self.io  # type: ignore[attr-defined]
         buffer = b""
         self.phase = BODY  # a timeout here closes silently
@@ -227,8 +228,9 @@ class HTTPConnection:
                 await self._wait_for_data(IDLE, now() + timeout)
                 continue
             if type(event) is Reject:
-                await self.send_error(event.status)  # type: ignore[union-attr]
+                await self.send_error(event.status)
                 return None
+            # Neither NEED_DATA nor a Reject (checks mypy does not narrow on): a Request.
             return event  # type: ignore[return-value]
 
     async def read_body_chunk(self) -> bytes | None:
@@ -241,7 +243,7 @@ class HTTPConnection:
             except BodyCut as exc:
                 raise ClientDisconnected(str(exc)) from None
             if chunk is not NEED_DATA:
-                return chunk  # type: ignore[return-value]
+                return chunk  # type: ignore[return-value]  # bytes or None, not NEED_DATA
             assert self.io is not None
             interim = core.continue_100()
             if interim:
@@ -358,7 +360,7 @@ class HTTPConnection:
             data = core.response(
                 status,
                 headers,
-                None if streaming else bytes(body),  # type: ignore[arg-type]
+                None if streaming else bytes(body),  # type: ignore[arg-type]  # bytes here
                 head=head,
                 close=self.server.draining,
             )
@@ -368,7 +370,7 @@ class HTTPConnection:
         bodiless = head or status in (204, 304) or 100 <= status < 200
         await self.send(data)
         if not streaming:
-            self.finished(status, 0 if bodiless else len(body))  # type: ignore[arg-type]
+            self.finished(status, 0 if bodiless else len(body))  # type: ignore[arg-type]  # bytes
         else:
             sent = await self._stream_body(body, bodiless)
             self.finished(status, max(sent, 0))

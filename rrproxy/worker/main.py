@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .. import cluster
@@ -129,7 +130,7 @@ async def _serve(
     channel: WorkerChannel,
     config: WorkerConfig,
     worker_id: int,
-    handler: object,
+    handler: Callable[..., Any],
     interface: str,
     listeners: list[socket.socket],
     async_factory: bool = False,
@@ -140,7 +141,7 @@ async def _serve(
 
     if async_factory:
         try:
-            handler = await handler()  # type: ignore[operator]
+            handler = await handler()
             if detect_interface(handler, "auto") != interface:
                 raise AppLoadError(
                     f"--factory: {config.app}() returned {handler!r}, not an ASGI app"
@@ -157,15 +158,15 @@ async def _serve(
         retire_after = config.max_requests + random.randint(0, config.max_requests_jitter)
     adapter: Any = None
     if interface == "asgi":
-        adapter = ASGIAdapter(handler)  # type: ignore[arg-type]
+        adapter = ASGIAdapter(handler)
     elif interface == "wsgi":
         from .wsgi import WSGIAdapter
 
-        adapter = WSGIAdapter(handler, backend, config.threads)  # type: ignore[arg-type]
+        adapter = WSGIAdapter(handler, backend, config.threads)
     server = WorkerServer(
         config,
         worker_id,
-        handler,  # type: ignore[arg-type]
+        handler,
         is_coroutine_callable(handler),
         backend,
         adapter,
@@ -173,11 +174,11 @@ async def _serve(
     )
     lifespan = None
     if interface == "asgi":
-        lifespan = Lifespan(handler, config.lifespan, server.asgi_state, backend)  # type: ignore[arg-type]
+        lifespan = Lifespan(handler, config.lifespan, server.asgi_state, backend)
     return await Worker(channel, server, listeners, lifespan).run()
 
 
-def call_factory(factory: object, spec: str) -> object:
+def call_factory(factory: object, spec: str) -> Callable[..., Any]:
     """--factory: the attribute builds the app (uvicorn's --factory); it may be async."""
     import asyncio
     import inspect
@@ -185,7 +186,7 @@ def call_factory(factory: object, spec: str) -> object:
     if not callable(factory):
         raise AppLoadError(f"--factory: {spec!r} is not callable")
     try:
-        app = factory()
+        app: object = factory()
         if inspect.isawaitable(app):
             app = asyncio.run(_awaited(app))
     except Exception as exc:

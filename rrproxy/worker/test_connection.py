@@ -113,6 +113,7 @@ def serve(
         async with backend.task_group() as tasks:
             tasks.start_soon(server.timeouts.run)
             with backend.move_on_after(5):
+                # A test double: no sendfile (not used here), client never None.
                 await connection.run(transport)  # type: ignore[arg-type]
             tasks.cancel()
         return transport
@@ -166,7 +167,9 @@ def test_100_continue_goes_out_before_the_body_is_read(backend: Backend) -> None
         (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501),
     ],
 )  # fmt: skip
-def test_limits_and_rejections_close_the_connection(backend, request_bytes, status) -> None:
+def test_limits_and_rejections_close_the_connection(
+    backend: Backend, request_bytes: bytes, status: int
+) -> None:
     chunks = (
         [request_bytes[:1100], request_bytes[1100:]]
         if len(request_bytes) > 1100

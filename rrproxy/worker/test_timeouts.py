@@ -25,7 +25,9 @@ class Waiter:
         timeouts.watch(self, self.wait_deadline)
 
 
-async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(autojump_clock) -> None:
+async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     timeouts = Timeouts(BACKEND)
     slow, quick = Waiter(), Waiter()
     async with trio.open_nursery() as nursery:
@@ -42,7 +44,7 @@ async def test_a_wait_ends_at_its_deadline_and_a_finished_one_does_not(autojump_
 
 
 async def test_a_later_deadline_is_rechecked_and_an_earlier_one_wakes_the_task(
-    autojump_clock: object,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     timeouts = Timeouts(BACKEND)
     waiter, draining = Waiter(), Waiter()
@@ -61,7 +63,9 @@ async def test_a_later_deadline_is_rechecked_and_an_earlier_one_wakes_the_task(
     assert draining.expired_at == start + 2.5
 
 
-async def test_many_waits_of_one_connection_cost_one_entry(autojump_clock) -> None:
+async def test_many_waits_of_one_connection_cost_one_entry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     timeouts = Timeouts(BACKEND)
     waiter = Waiter()
     for _ in range(1000):  # a request a millisecond on a keep-alive connection

@@ -179,7 +179,11 @@ class WebSocketSession:
             self._tasks.start_soon(self._keepalive)
 
     async def _deny(
-        self, status: int, body: bytes = b"", headers: list | None = None, more: bool = False
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        more: bool = False,
     ) -> None:
         connection = self.connection
         core = connection.core
@@ -243,6 +247,7 @@ class WebSocketSession:
                         return
                     parts.append(event.data)
                     if event.message_finished:
+                        message: dict[str, Any]
                         if isinstance(event, TextMessage):
                             message = {"type": "websocket.receive", "text": "".join(parts)}
                         else:

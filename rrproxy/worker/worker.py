@@ -33,7 +33,7 @@ from ..ipc.messages import (
 )
 from ..logs import reopen_log_file
 from .asgi import Lifespan, LifespanFailed
-from .backend import Event
+from .backend import CancelScope, Event
 from .calls import CallFailed, CallUnanswered, FrontCalls
 from .server import WorkerServer
 
@@ -160,12 +160,12 @@ class Worker:
             serving.set()
             await self.backend.event().wait()  # until the worker's group is cancelled
 
-    async def _accept(self, scope: object, done: Event) -> None:
+    async def _accept(self, scope: CancelScope, done: Event) -> None:
         """Accept from every listener until stopped; the task owns the listeners and
         closes them itself, once it has stopped using them."""
         server = self.server
         try:
-            with scope:  # type: ignore[attr-defined]
+            with scope:
                 async with self.backend.task_group() as loops:
                     for listener in self.listeners:
                         loops.start_soon(server.accept_loop, listener)

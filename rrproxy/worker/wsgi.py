@@ -109,8 +109,9 @@ class WSGIInput(io.RawIOBase):
         del self._buffer[:cut]
         return data
 
-    def readlines(self, hint: int = -1) -> list[bytes]:  # type: ignore[override]
-        lines, total = [], 0
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
         while True:
             line = self.readline()
             if not line:

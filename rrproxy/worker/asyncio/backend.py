@@ -142,7 +142,9 @@ class _TaskGroup:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         try:
-            suppress = bool(await self._group.__aexit__(exc_type, exc, tb))
+            # Typed as returning None (it does, today); bool() keeps the context
+            # manager protocol should a version ever suppress.
+            suppress = bool(await self._group.__aexit__(exc_type, exc, tb))  # type: ignore[func-returns-value]
         except BaseException as error:
             if self._scope.__exit__(type(error), error, error.__traceback__):
                 return True
@@ -152,6 +154,7 @@ class _TaskGroup:
         return suppress
 
     def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        # Tasks are async functions: calling one gives the coroutine create_task takes.
         self._group.create_task(function(*args))  # type: ignore[arg-type]
 
     def cancel(self) -> None:
@@ -297,6 +300,7 @@ class AsyncioBackend:
 
             factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
+            # `main` is an async function: main(*args) is a coroutine.
             return runner.run(main(*args))  # type: ignore[arg-type]
 
 
@@ -323,6 +327,7 @@ class _ThreadPool:
 
     def call_async(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         assert self._loop is not None
+        # `function` is an async function: function(*args) is a coroutine.
         return asyncio.run_coroutine_threadsafe(function(*args), self._loop).result()  # type: ignore[arg-type]
 
 

@@ -32,6 +32,7 @@ class _Protocol(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream connection's transport: an asyncio.Transport (read and write).
         self.transport = transport  # type: ignore[assignment]
 
     def _wake(self) -> None:

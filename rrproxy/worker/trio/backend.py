@@ -93,6 +93,8 @@ class TrioBackend:
             stream = trio.SSLStream(
                 stream, ssl.create_default_context(), server_hostname=tls_hostname
             )
+        # trio.abc.Stream allows receive_some() to return a bytearray; SocketStream's
+        # and SSLStream's return bytes.
         return stream  # type: ignore[return-value]
 
     @staticmethod
