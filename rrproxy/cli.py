@@ -87,7 +87,7 @@ def build_config(settings: Settings) -> Config:
             raise ConfigError(
                 "--state redis:// needs hiredis: pip install 'rrproxy[redis]'"
             ) from None
-        from .redis_state import parse_url
+        from .state.redis import parse_url
 
         try:
             parse_url(values["state"])

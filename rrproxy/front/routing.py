@@ -24,7 +24,7 @@ from ..ipc.messages import (
     StateRequest,
     UserMessage,
 )
-from ..state_store import MemoryStore, StoreError
+from ..state.memory import MemoryStore, StoreError
 from .workers import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")

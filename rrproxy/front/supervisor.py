@@ -24,7 +24,7 @@ import trio
 from ..config import Config
 from ..ipc.channel import WorkerChannel, socketpair
 from ..ipc.messages import Stop
-from ..state_store import MemoryStore
+from ..state.memory import MemoryStore
 from . import health
 from .dispatcher import Dispatcher
 from .link import WorkerLink

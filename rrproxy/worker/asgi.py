@@ -16,7 +16,7 @@ import h11
 
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
-from ..state import StateFull, StateUnavailable
+from ..state.backend import StateFull, StateUnavailable
 from .backend import Backend, Event, Queue, QueueClosed
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from ..protocol.http11 import NEED_DATA, BodyCut, Reject, ServerConnection
 from ..protocol.http11 import InvalidResponse as UnsendableResponse
 from ..protocol.proxy import ProxyHeaderError, forwarded_client, trusted
 from ..protocol.proxy import parse as parse_proxy_header
-from ..state import StateFull, StateUnavailable
+from ..state.backend import StateFull, StateUnavailable
 
 if TYPE_CHECKING:
     from .backend import Backend, CancelScope, Transport

@@ -90,7 +90,7 @@ class Worker:
             if server.config.state == "memory":
                 state.install(state.FrontBackend(self.calls))
             else:
-                from ..redis_state import RedisBackend
+                from ..state.redis import RedisBackend
 
                 state.install(RedisBackend(server.config.state, backend))
             tasks.start_soon(self.channel.run_flusher)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from .state_store import MAX_KEY_BYTES, MemoryStore, StoreError
+from .memory import MAX_KEY_BYTES, MemoryStore, StoreError
 
 
 class Clock:

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-from .state import StateError, StateUnavailable
-from .worker.backend import Backend, Stream
+from ..worker.backend import Backend, Stream
+from .backend import StateError, StateUnavailable
 
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 2.0

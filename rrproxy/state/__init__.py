@@ -16,69 +16,23 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Protocol
+from typing import Any
 
-from .ipc.messages import StateRequest
-from .state_store import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from .worker.calls import CallFailed, CallUnanswered, FrontCalls
+from .backend import (
+    StateBackend,
+    StateError,
+    StateFull,
+    StateKeyTooLarge,
+    StateUnavailable,
+    StateValueTooLarge,
+)
+from .front import TIMEOUT, FrontBackend
+from .memory import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
-#: How long one operation may take before it counts as unreachable (503).
-TIMEOUT = 5.0
-
-
-class StateError(Exception):
-    """The store refused the operation (e.g. incr on a value that is not a number)."""
-
-
-class StateUnavailable(StateError):
-    """The store cannot be reached; the request is answered 503."""
+_client: StateBackend | None = None
 
 
-class StateKeyTooLarge(StateError, ValueError):
-    pass
-
-
-class StateValueTooLarge(StateError, ValueError):
-    pass
-
-
-class StateFull(StateError):
-    """The store is at its memory or key limit (--state-max-memory): the value was
-    not stored. A handler may catch it and answer 507 or 503; uncaught, the request
-    is answered 507 Insufficient Storage."""
-
-
-class Backend(Protocol):
-    """Where the operations go: the front (memory) or Redis."""
-
-    async def request(
-        self, op: str, key: str, value: Any = None, ttl: float | None = None
-    ) -> Any: ...
-
-
-class FrontBackend:
-    """`--state memory`: each operation is a call to the front over the channel."""
-
-    def __init__(self, calls: FrontCalls) -> None:
-        self._calls = calls
-
-    async def request(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
-        try:
-            return await self._calls.call(
-                lambda request_id: StateRequest(request_id, op, key, value, ttl), TIMEOUT
-            )
-        except CallUnanswered as exc:
-            raise StateUnavailable(f"state store unreachable: {exc}") from None
-        except CallFailed as exc:
-            if exc.kind == "full":
-                raise StateFull(str(exc)) from None
-            raise StateError(str(exc)) from None
-
-
-_client: Backend | None = None
-
-
-def install(backend: Backend | None) -> None:
+def install(backend: StateBackend | None) -> None:
     """Called by the worker once it knows its --state backend."""
     global _client
     _client = backend
@@ -127,20 +81,45 @@ async def _call(op: str, key: str, value: Any = None, ttl: float | None = None) 
 
 
 async def get(key: str) -> Any:
+    """The value stored at `key`, or None when it is missing or expired."""
     return _decode(await _call("get", key))
 
 
 async def set(key: str, value: Any, ttl: float | None = None) -> None:
+    """Store `value` (bytes, str or JSON-compatible) at `key`, expiring after `ttl`
+    seconds when given. Raises StateFull at --state-max-memory."""
     await _call("set", key, _encode(value), ttl)
 
 
 async def delete(key: str) -> bool:
+    """Remove `key`; whether it existed."""
     return bool(await _call("delete", key))
 
 
 async def incr(key: str, by: int = 1) -> int:
+    """Add `by` to the integer at `key` (a missing key counts as 0), atomically across
+    every worker; the new value."""
     return int(await _call("incr", key, by))
 
 
 async def expire(key: str, ttl: float) -> bool:
+    """Make `key` expire `ttl` seconds from now; whether it existed."""
     return bool(await _call("expire", key, None, ttl))
+
+
+__all__ = [
+    "TIMEOUT",
+    "FrontBackend",
+    "StateBackend",
+    "StateError",
+    "StateFull",
+    "StateKeyTooLarge",
+    "StateUnavailable",
+    "StateValueTooLarge",
+    "delete",
+    "expire",
+    "get",
+    "incr",
+    "install",
+    "set",
+]
