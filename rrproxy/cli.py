@@ -108,7 +108,7 @@ def build_config(settings: Settings) -> Config:
         send_timeout=values["send_timeout"],
         limit_concurrency=values["limit_concurrency"],
         # Under `none` nobody sees the total: each worker keeps to its share.
-        max_connections=-(-values["max_connections"] // workers),
+        worker_connections=-(-values["max_connections"] // workers),
         max_requests=values["max_requests"],
         max_requests_jitter=values["max_requests_jitter"],
         debug=values["debug"],

@@ -60,9 +60,10 @@ class WorkerConfig:
     send_timeout: float = 30.0
     #: Per worker: above this many open connections a new one is answered 503.
     limit_concurrency: int | None = None
-    #: Per worker, under `none` only: stop accepting at this many open connections
-    #: (the front enforces --max-connections itself under `rr`).
-    max_connections: int | None = None
+    #: Per worker, under `none` only: stop accepting at this many open connections,
+    #: its share of --max-connections (gunicorn's --worker-connections is the same
+    #: idea). Under `rr` the front enforces --max-connections itself.
+    worker_connections: int | None = None
     #: Recycle the worker after this many requests (+ a random 0..jitter); 0: never.
     max_requests: int = 0
     max_requests_jitter: int = 0
@@ -150,7 +151,7 @@ class Config:
     #: Connections the front may hold that no worker has taken yet (queued for a
     #: worker, or handed and not yet acknowledged). Above it the front stops
     #: accepting and new connections wait in the kernel backlog.
-    max_pending: int = 4096
+    max_held: int = 4096
     #: All open connections (held by the front or served by workers); above it the
     #: front stops accepting and new connections wait in the kernel backlog.
     max_connections: int = 10000

@@ -19,7 +19,7 @@ import trio
 from ..ipc.channel import ChannelClosed
 from ..ipc.messages import MAX_BATCH, NewConn, NewConns
 from .policies import Policy
-from .workers import PendingConn, WorkerProcess, close_quietly
+from .process import PendingConn, WorkerProcess, close_quietly
 
 log = logging.getLogger("rrproxy.front")
 

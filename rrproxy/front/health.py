@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .workers import WorkerProcess, WorkerState
+from .process import WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

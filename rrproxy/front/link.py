@@ -35,8 +35,8 @@ from ..ipc.messages import (
     UserMessage,
 )
 from .dispatcher import Dispatcher
+from .process import WorkerProcess
 from .routing import valid_destination
-from .workers import WorkerProcess
 
 log = logging.getLogger("rrproxy.front")
 

@@ -87,7 +87,7 @@ class Front:
             self.dispatcher = Dispatcher(
                 policy,
                 lambda: self.supervisor.workers,
-                config.max_pending,
+                config.max_held,
                 config.max_connections,
             )
         shared = [

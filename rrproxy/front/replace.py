@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .workers import Slot
+from .process import Slot
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

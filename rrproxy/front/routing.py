@@ -25,7 +25,7 @@ from ..ipc.messages import (
     UserMessage,
 )
 from ..state.memory import MemoryStore, StoreError
-from .workers import Slot, WorkerProcess, WorkerState
+from .process import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")
 

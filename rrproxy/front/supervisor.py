@@ -28,10 +28,10 @@ from ..state.memory import MemoryStore
 from . import health
 from .dispatcher import Dispatcher
 from .link import WorkerLink
+from .process import Slot, WorkerProcess, WorkerState
 from .replace import Replacer
 from .routing import Router
 from .spawner import BootError, Spawner
-from .workers import Slot, WorkerProcess, WorkerState
 
 log = logging.getLogger("rrproxy.front")
 

@@ -113,7 +113,7 @@ class WorkerServer:
         self.connections_total += 1
         if self._all_closed.is_set():
             self._all_closed = self.backend.event()
-        cap = self.config.max_connections
+        cap = self.config.worker_connections
         if cap is not None and len(self.connections) >= cap and self._below_cap.is_set():
             self._below_cap = self.backend.event()
 
@@ -122,7 +122,7 @@ class WorkerServer:
         self.load_changed.set()
         if not self.connections:
             self._all_closed.set()
-        cap = self.config.max_connections
+        cap = self.config.worker_connections
         if cap is None or len(self.connections) < cap:
             self._below_cap.set()
 
