@@ -3,11 +3,14 @@ them, for the front and for `reuseport` workers alike."""
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .config import ConfigError
 
@@ -171,3 +174,52 @@ def url_of(sock: socket.socket) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+# --- accepting ----------------------------------------------------------------------
+
+#: Out of fds or memory: the caller logs, pauses and retries (as trio's
+#: serve_listeners does); the connection stays in the backlog meanwhile.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: The client gave up (or a firewall refused it) before we accepted: skip it.
+CLIENT_GONE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+
+_Accepted = TypeVar("_Accepted")
+
+
+class AcceptEnd(enum.Enum):
+    """Why accept_batch stopped."""
+
+    #: Nothing more is queued: wait until the listener is readable.
+    DRAINED = "drained"
+    #: `limit` connections accepted; more may be queued.
+    LIMIT = "limit"
+    #: Out of fds or memory (RESOURCE_ERRNOS): pause, then retry.
+    OUT_OF_RESOURCES = "out of resources"
+    #: The listener cannot accept any more (closed under us while draining: EBADF,
+    #: EINVAL; any other errno is just as final for this socket).
+    CLOSED = "closed"
+
+
+def accept_batch(
+    accept: Callable[[], tuple[_Accepted, Any]], limit: int, into: list[tuple[_Accepted, Any]]
+) -> tuple[AcceptEnd, OSError | None]:
+    """Accept up to `limit` connections without waiting, appending (connection,
+    address) pairs to `into`; why it stopped, and the error when CLOSED or
+    OUT_OF_RESOURCES. `accept` is a non-blocking listener's accept (or CPython's
+    `_accept`, for raw fds): the one errno policy for the front's `rr` loop and the
+    workers' `none` and `reuseport` loops."""
+    taken = 0
+    while taken < limit:
+        try:
+            into.append(accept())
+        except BlockingIOError:
+            return AcceptEnd.DRAINED, None
+        except OSError as exc:
+            if exc.errno in CLIENT_GONE_ERRNOS:
+                continue
+            if exc.errno in RESOURCE_ERRNOS:
+                return AcceptEnd.OUT_OF_RESOURCES, exc
+            return AcceptEnd.CLOSED, exc
+        taken += 1
+    return AcceptEnd.LIMIT, None

@@ -38,6 +38,8 @@ import sys
 import traceback
 from typing import Any
 
+from .fds import close_fds
+
 #: What every worker imports anyway: imported once here, shared by all.
 WARM_MODULES = (
     "trio",
@@ -133,8 +135,7 @@ def _child(fd: int, slot: int, env: dict[str, str], closing: list[int]) -> None:
 
 def _spawn(sock: socket.socket, request: dict[str, Any], fds: list[int], wakeup: int) -> None:
     if request.get("op") != "spawn" or len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
+        close_fds(fds)
         return
     fd = fds[0]
     env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
@@ -188,8 +189,7 @@ def serve(sock: socket.socket) -> None:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array.array("i", payload[: len(payload) - len(payload) % fd_size]))
         if not data:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             return  # the front closed its end: we are done
         try:
             request = json.loads(data)

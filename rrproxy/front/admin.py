@@ -23,6 +23,7 @@ import trio
 from ..adminaddress import AdminAddress, default_admin, parse_admin
 from ..config import ConfigError
 from ..listeners import Address, BindError, bind_listener
+from ..protocol.http import reason
 from .dashboard import DATA_HEADERS, PAGE_HEADERS, dashboard_asset
 from .status import snapshot
 
@@ -184,22 +185,11 @@ async def _respond(
     stream: trio.SocketStream, status: int, body: bytes, content_type: str, extra: str
 ) -> None:
     head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+        f"HTTP/1.1 {status} {reason(status).decode()}\r\n"
         f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
         f"{extra}connection: close\r\n\r\n"
     ).encode()
     await stream.send_all(head + body)
 
-
-_REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    500: "Internal Server Error",
-}
 
 __all__ = ["AdminAddress", "AdminServer", "bind_admin", "default_admin", "parse_admin"]

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from ..fds import close_quietly
 from ..ipc.channel import ChannelClosed
 from ..ipc.messages import MAX_BATCH, NewConn, NewConns
 from .policies import Policy
-from .process import PendingConn, WorkerProcess, close_quietly
+from .process import PendingConn, WorkerProcess
 
 log = logging.getLogger("rrproxy.front")
 

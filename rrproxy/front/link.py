@@ -8,7 +8,6 @@ reports (ready, retire requests, breaches) and keeps the worker's counters curre
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from ..config import Config
+from ..fds import close_fds
 from ..ipc.channel import ChannelClosed
 from ..ipc.messages import (
     LATENCY_BUCKETS,
@@ -141,7 +141,7 @@ class WorkerLink:
             if received is None:
                 return
             message, fds = received
-            _close_fds(fds)
+            close_fds(fds)
             try:
                 if self.ready:
                     self._handle(message)
@@ -223,7 +223,7 @@ class WorkerLink:
         channel = self.worker.channel
         while True:
             message, fds = await channel.receive()
-            _close_fds(fds)  # workers never send descriptors (the channel refuses them)
+            close_fds(fds)  # workers never send descriptors (the channel refuses them)
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
@@ -294,14 +294,6 @@ def _count(value: object) -> bool:
 
 #: A status code as a Stats key: three ASCII digits ("²²²".isdigit() is True).
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 __all__ = ["Breach", "ChannelClosed", "WorkerLink"]

@@ -268,9 +268,3 @@ class Slot:
         self.past_latency_sum += worker.latency_sum
         self.past_cpu_seconds += worker.last_cpu_seconds
 
-
-def close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass

@@ -9,13 +9,13 @@ the loop is only asked to wait when the kernel says EAGAIN.
 from __future__ import annotations
 
 import array
-import os
 import select
 import socket
 import time
 from collections import deque
 from collections.abc import Sequence
 
+from ..fds import close_fds
 from ..worker.backend import Backend, ResourceClosed
 from . import messages
 from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
@@ -53,14 +53,6 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     spawner passes the worker's end explicitly."""
     front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     return front, worker
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 class WorkerChannel:
@@ -245,7 +237,7 @@ class WorkerChannel:
             # The kernel dropped descriptors we had no room for (or no fd left to
             # put them in: EMFILE): whatever arrived is incomplete, so close it all
             # rather than leak or misuse it, and say which message lost its fd.
-            _close_fds(fds)
+            close_fds(fds)
             try:
                 message = messages.decode(bytes(self._view[:nbytes]))
             except ProtocolError:
@@ -256,16 +248,16 @@ class WorkerChannel:
                 raise FdLost(message)
             raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
         if flags & socket.MSG_TRUNC or nbytes > MAX_MESSAGE_SIZE:
-            _close_fds(fds)
+            close_fds(fds)
             raise ProtocolError("message larger than the limit")
         try:
             message = messages.decode(bytes(self._view[:nbytes]))
         except ProtocolError:
-            _close_fds(fds)
+            close_fds(fds)
             raise
         expected = messages.fd_count(message) if self.accepts_fds else 0
         if len(fds) != expected:
-            _close_fds(fds)
+            close_fds(fds)
             raise ProtocolError(
                 f"{type(message).__name__} arrived with {len(fds)} fds, expected {expected}"
             )

@@ -4,7 +4,6 @@ and of the event loop (the backend's primitives only)."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from bisect import bisect_left
@@ -15,6 +14,7 @@ import h11
 
 from ..config import WorkerConfig
 from ..ipc.messages import LATENCY_BUCKETS
+from ..listeners import AcceptEnd, accept_batch
 from ..protocol.http11 import Limits
 from .backend import Backend, ResourceClosed, TaskGroup
 from .connection import DRAIN_IDLE_GRACE, HTTPConnection
@@ -26,8 +26,6 @@ _ACCEPT_BATCH = 16
 #: How often the worker looks for clients that left while their handler runs, and
 #: how long a handler must have run before it is looked at (the hot path pays nothing).
 DISCONNECT_SWEEP_INTERVAL = 0.5
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_RESOURCES_OUT = -1
 
 
 class Adapter(Protocol):
@@ -185,39 +183,32 @@ class WorkerServer:
                 await backend.wait_readable(listener)
             except ResourceClosed:
                 return
-            if self._accept_batch(listener, _ACCEPT_BATCH) == _RESOURCES_OUT:
+            end = self._accept_batch(listener)
+            if end is AcceptEnd.OUT_OF_RESOURCES:
                 log.warning("accept failed: out of file descriptors or memory; pausing 100 ms")
                 await backend.sleep(0.1)
             await backend.checkpoint()
 
     def accept_pending(self, listener: socket.socket) -> None:
         """Accept whatever is already queued on the listener, without waiting."""
-        while self._accept_batch(listener, _ACCEPT_BATCH) == _ACCEPT_BATCH:
+        while self._accept_batch(listener) is AcceptEnd.LIMIT:
             pass
 
-    def _accept_batch(self, listener: socket.socket, limit: int) -> int:
-        """Up to `limit` accepts without waiting; how many were accepted, or
-        _RESOURCES_OUT (-1) if the process is out of fds or memory."""
-        accepted = 0
-        while accepted < limit:
-            try:
-                sock, _addr = listener.accept()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    return _RESOURCES_OUT
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                # EBADF/EINVAL: the listener was closed under us (draining). Any
-                # other errno is just as final for this socket.
-                log.info("accept stopped: %s", exc)
-                return accepted
-            accepted += 1
+    def _accept_batch(self, listener: socket.socket) -> AcceptEnd:
+        """Accept what is queued, up to a batch and to our connection cap, and start
+        serving each connection."""
+        cap = self.config.worker_connections
+        limit = _ACCEPT_BATCH if cap is None else min(_ACCEPT_BATCH, cap - len(self.connections))
+        if limit <= 0:
+            return AcceptEnd.DRAINED
+        accepted: list[tuple[socket.socket, object]] = []
+        end, error = accept_batch(listener.accept, limit, accepted)
+        for sock, _address in accepted:
             self.start_connection(sock)
-            if not self._below_cap.is_set():
-                break
-        return accepted
+        if end is AcceptEnd.CLOSED:
+            # The listener was closed under us (draining), or is unusable.
+            log.info("accept stopped: %s", error)
+        return end
 
     async def sweep_disconnects(self) -> None:
         """Tell handlers whose client has gone away: a native handler is cancelled (it

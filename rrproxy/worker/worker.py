@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .. import cluster, state
 from ..config import KERNEL_POLICIES
+from ..fds import close_fds
 from ..ipc.channel import ChannelClosed, FdLost, WorkerChannel
 from ..ipc.messages import (
     ClusterInfo,
@@ -309,8 +310,7 @@ class Worker:
             case Reply():
                 self.calls.reply(message)
             case _:
-                for fd in fds:
-                    os.close(fd)
+                close_fds(fds)
                 log.error("unexpected message from the front: %r", message)
 
     def _ack(self, conn_id: int) -> Callable[[], None]:
