@@ -98,6 +98,10 @@ class Dispatcher:
 
     def load_changed(self) -> None:
         """A worker reported a new count of open connections."""
+        self._pump_or_update()
+
+    def _pump_or_update(self) -> None:
+        """Something freed room: hand out what is queued, or just update the events."""
         if self.queue:
             self.pump()
         else:
@@ -211,25 +215,29 @@ class Dispatcher:
 
     # --- answers from workers ---------------------------------------------------------
 
-    def taken(self, worker: WorkerProcess, conn_id: int) -> None:
+    def _answered(self, worker: WorkerProcess, conn_id: int, verb: str) -> PendingConn | None:
+        """The handed connection `worker` answered for (its channel has room again),
+        or None for an id it was never handed."""
         conn = worker.unacked.pop(conn_id, None)
         worker.mark_channel_full(False)
         if conn is None:
-            log.warning("worker %d answered for unknown connection %d", worker.slot, conn_id)
+            log.warning("worker %d %s unknown connection %d", worker.slot, verb, conn_id)
+        return conn
+
+    def taken(self, worker: WorkerProcess, conn_id: int) -> None:
+        """The worker holds connection `conn_id` now: our copy of its fd can go."""
+        conn = self._answered(worker, conn_id, "answered for")
+        if conn is None:
             return
-        # The worker holds the connection now: our copy can go.
         close_quietly(conn.fd)
         self.held -= 1
-        if self.queue:
-            self.pump()
-        else:
-            self._update_events()
+        self._pump_or_update()
 
     def rejected(self, worker: WorkerProcess, conn_id: int) -> None:
-        conn = worker.unacked.pop(conn_id, None)
-        worker.mark_channel_full(False)
+        """The worker gave connection `conn_id` back (draining, or out of fds): it goes
+        to the head of the queue, and this worker is passed over for REJECT_PAUSE."""
+        conn = self._answered(worker, conn_id, "rejected")
         if conn is None:
-            log.warning("worker %d rejected unknown connection %d", worker.slot, conn_id)
             return
         self.rehanded_total += 1
         worker.paused_until = trio.current_time() + REJECT_PAUSE

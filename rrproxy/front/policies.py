@@ -44,53 +44,15 @@ class Policy(Protocol):
         ...
 
 
-class RoundRobin:
-    """Node's SCHED_RR: the next worker in rotation. A worker without room (a
-    blocked loop stops answering handoffs, or it is at --limit-concurrency) is
-    passed over while another has room; when none has room, the next one still
-    accepting takes it, so a flood of idle connections can delay dispatch but
-    never stop it."""
-
-    name = "rr"
+class _Rotation:
+    """The scan RoundRobin and LeastConn share: from where the last choice left off,
+    the first candidate with room (or, `by_load`, the least loaded of those; ties go
+    to the first in rotation), else the same among those merely accepting."""
 
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(
-        self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
-    ) -> C | None:
-        count = len(candidates)
-        if not count:
-            return None
-        start = self._next % count
-        fallback = -1
-        for step in range(count):
-            index = (start + step) % count
-            candidate = candidates[index]
-            if candidate.has_room:
-                self._next = index + 1
-                return candidate
-            if fallback < 0 and candidate.accepting:
-                fallback = index
-        if fallback >= 0 and not require_room:
-            self._next = fallback + 1
-            return candidates[fallback]
-        return None
-
-
-class LeastConn:
-    """The worker with the fewest open connections (as the workers report them, plus
-    the ones handed over and not yet answered). Ties go round-robin, so equal
-    workers still share evenly. Balancing "by busyness", as PM2 users ask."""
-
-    name = "least-conn"
-
-    def __init__(self) -> None:
-        self._next = 0
-
-    def choose(
-        self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
-    ) -> C | None:
+    def _pick(self, candidates: Sequence[C], require_room: bool, by_load: bool) -> C | None:
         count = len(candidates)
         if not count:
             return None
@@ -101,11 +63,14 @@ class LeastConn:
             index = (start + step) % count
             candidate = candidates[index]
             if candidate.has_room:
+                if not by_load:
+                    best = index
+                    break
                 load = candidate.load
                 if best < 0 or load < best_load:
                     best, best_load = index, load
             elif candidate.accepting and not require_room:
-                load = candidate.load
+                load = candidate.load if by_load else 0
                 if fallback < 0 or load < fallback_load:
                     fallback, fallback_load = index, load
         chosen = best if best >= 0 else fallback
@@ -113,6 +78,36 @@ class LeastConn:
             return None
         self._next = chosen + 1
         return candidates[chosen]
+
+
+class RoundRobin(_Rotation):
+    """Node's SCHED_RR: the next worker in rotation. A worker without room (a
+    blocked loop stops answering handoffs, or it is at --limit-concurrency) is
+    passed over while another has room; when none has room, the next one still
+    accepting takes it, so a flood of idle connections can delay dispatch but
+    never stop it."""
+
+    name = "rr"
+
+    def choose(
+        self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
+    ) -> C | None:
+        """The next candidate in rotation with room, else the next accepting one."""
+        return self._pick(candidates, require_room, by_load=False)
+
+
+class LeastConn(_Rotation):
+    """The worker with the fewest open connections (as the workers report them, plus
+    the ones handed over and not yet answered). Ties go round-robin, so equal
+    workers still share evenly. Balancing "by busyness", as PM2 users ask."""
+
+    name = "least-conn"
+
+    def choose(
+        self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
+    ) -> C | None:
+        """The least loaded candidate with room, else the least loaded accepting one."""
+        return self._pick(candidates, require_room, by_load=True)
 
 
 def _hash(text: str) -> int:
