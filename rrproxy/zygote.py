@@ -54,7 +54,13 @@ WARM_MODULES = (
     "rrproxy.worker.asyncio",
 )
 #: Imported when installed.
-OPTIONAL_MODULES = ("uvloop", "wsproto", "rrproxy.worker.websocket", "rrproxy.worker.wsgi")
+OPTIONAL_MODULES = (
+    "uvloop",
+    "wsproto",
+    "rrproxy.worker.websocket",
+    "rrproxy.worker.wsgi",
+    "rrproxy.worker.wsgi_environ",
+)
 #: Largest request from the front (a spawn with its environment).
 MAX_REQUEST = 1024 * 1024
 
