@@ -18,6 +18,7 @@ from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
 from .backend import Backend, Event, Queue, QueueClosed
+from .native_response import internal_error, send_response
 
 if TYPE_CHECKING:
     from .backend import TaskGroup
@@ -255,8 +256,8 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
                 return await connection.send_error(503)
             if isinstance(exc, StateFull):
                 return await connection.send_error(507)
-            response = connection.internal_error(exc)
-            return await connection.send_response(response, cycle.head)
+            response = internal_error(connection, exc)
+            return await send_response(connection, response, cycle.head)
         return False  # the response is partly out: closing tells the client
     finally:
         connection.asgi_cycle = None

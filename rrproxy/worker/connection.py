@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
-from ..native import Headers, InvalidResponse, Request, Response, coerce_response
-from ..protocol.http import encode_header_pairs, error_body
+from ..errors import ClientDisconnected
+from ..protocol.http import error_body
 from ..protocol.http11 import NEED_DATA, BodyCut, Reject, ServerConnection
-from ..protocol.http11 import InvalidResponse as UnsendableResponse
 from ..protocol.proxy import ProxyHeaderError, forwarded_client, trusted
 from ..protocol.proxy import parse as parse_proxy_header
-from ..state.backend import StateFull, StateUnavailable
 
 if TYPE_CHECKING:
     from .backend import Backend, CancelScope, Transport
@@ -294,117 +291,11 @@ class HTTPConnection:
             return await self.send_error(413)
         return await server.adapter.serve(self, request)
 
-    async def run_native(self, request: h11.Request) -> bool:
-        """A native handler: Request in, Response out."""
-        server = self.server
-        native = Request(
-            method=request.method.decode("ascii"),
-            target=request.target,
-            headers=Headers(self.core.headers),
-            client=self.effective_client(request),
-            http_version=request.http_version.decode("ascii"),
-            worker_id=server.worker_id,
-            read_chunk=self.read_body_chunk,
-        )
-        try:
-            result = server.handler(native)
-            if server.handler_is_async or hasattr(result, "__await__"):
-                result = await result
-            response = coerce_response(result)
-        except BodyTooLarge:
-            return await self.send_error(413)
-        except MalformedBody as exc:
-            return await self.send_error(exc.status)
-        except (StateUnavailable, StateFull) as exc:
-            log.error("%s %s: %s", native.method, native.path, exc)
-            code = 507 if isinstance(exc, StateFull) else 503
-            response = Response(code, error_body(code), [("content-type", "text/plain")])
-        except ClientDisconnected:
-            raise
-        except InvalidResponse as exc:
-            log.error("%s %s: %s", native.method, native.path, exc)
-            response = self.internal_error(exc)
-        except Exception as exc:
-            log.exception("handler raised for %s %s", native.method, native.path)
-            response = self.internal_error(exc)
-        if self.core.body_broken:
-            # The body was malformed and the handler swallowed the error.
-            error = self.core.framing.error
-            return await self.send_error(error.status if error is not None else 400)
-        return await self.send_response(response, request.method == b"HEAD")
-
-    def internal_error(self, exc: BaseException) -> Response:
-        body = error_body(500)
-        if self.server.config.debug:
-            import traceback
-
-            body += "".join(traceback.format_exception(exc)).encode("utf-8", "replace")
-        return Response(500, body, [("content-type", "text/plain; charset=utf-8")])
-
     # --- writing --------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
         assert self.io is not None
         await self.io.send(data)
-
-    async def send_response(self, response: Response, head: bool) -> bool:
-        """A native Response, whole or streamed; True if the connection may go on."""
-        core = self.core
-        body = response.body
-        status = response.status
-        headers = encode_header_pairs(response.headers)
-        streaming = not isinstance(body, bytes | str | bytearray)
-        if not streaming and isinstance(body, str):
-            body = body.encode("utf-8")
-        try:
-            data = core.response(
-                status,
-                headers,
-                None if streaming else bytes(body),  # type: ignore[arg-type]  # bytes here
-                head=head,
-                close=self.server.draining,
-            )
-        except UnsendableResponse as exc:
-            log.error("invalid response from the handler: %s", exc)
-            return await self.send_error(500, written=False)
-        bodiless = head or status in (204, 304) or 100 <= status < 200
-        await self.send(data)
-        if not streaming:
-            self.finished(status, 0 if bodiless else len(body))  # type: ignore[arg-type]  # bytes
-        else:
-            sent = await self._stream_body(body, bodiless)
-            self.finished(status, max(sent, 0))
-            if sent < 0:
-                return False
-        return True
-
-    async def _stream_body(self, body: Any, bodiless: bool) -> int:
-        """Body bytes sent, or -1 if the body failed (the connection must close)."""
-        core = self.core
-        sent = 0
-        try:
-            if not bodiless:
-                async for chunk in body:
-                    if isinstance(chunk, str):
-                        chunk = chunk.encode("utf-8")
-                    if chunk:
-                        sent += len(chunk)
-                        await self.send(core.chunk(chunk))
-            end = core.end()
-        except ClientDisconnected:
-            raise
-        except Exception:
-            # The head is out: the response cannot be turned into a 500 any more.
-            # Closing without the final chunk tells the client it is truncated (also
-            # when the body is longer or shorter than the handler's Content-Length).
-            log.exception("streaming response body raised; closing the connection")
-            return -1
-        finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await self.send(end)
-        return sent
 
     async def send_error(self, status: int, written: bool | None = None) -> bool:
         """Answer an error the client caused (or we did), then close: False always.

@@ -18,6 +18,7 @@ from ..listeners import AcceptEnd, accept_batch
 from ..protocol.http11 import Limits
 from .backend import Backend, ResourceClosed, TaskGroup
 from .connection import DRAIN_IDLE_GRACE, HTTPConnection
+from .native_response import NativeAdapter
 from .timeouts import Timeouts
 
 log = logging.getLogger("rrproxy.worker")
@@ -32,11 +33,6 @@ class Adapter(Protocol):
     """How a request reaches the app: native handler, ASGI app (or WSGI)."""
 
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool: ...
-
-
-class NativeAdapter:
-    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
-        return await connection.run_native(request)
 
 
 class WorkerServer:

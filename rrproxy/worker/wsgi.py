@@ -24,6 +24,7 @@ import h11
 
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
+from .native_response import internal_error, send_response
 from .wsgi_environ import FileWrapper, WSGIInput, build_environ
 
 if TYPE_CHECKING:
@@ -243,8 +244,8 @@ class Exchange:
             "WSGI app failed: %s",
             "".join(_format(error)) if not isinstance(error, ValueError | TypeError) else error,
         )
-        response = connection.internal_error(error)
-        return await connection.send_response(response, False)
+        response = internal_error(connection, error)
+        return await send_response(connection, response, False)
 
 
 def _format(error: BaseException) -> list[str]:
