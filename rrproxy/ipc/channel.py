@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..fds import close_fds
 from ..worker.backend import Backend, ResourceClosed
-from . import messages
+from . import codec, messages
 from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
 
 _FD_SIZE = array.array("i").itemsize
@@ -132,7 +132,7 @@ class WorkerChannel:
             raise ChannelClosed("channel closed")
         if self._backlog:
             return False
-        return self._send_raw(messages.encode(message), fds)
+        return self._send_raw(codec.encode(message), fds)
 
     async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
         """Send, waiting for room if needed. Messages keep their order: concurrent
@@ -140,7 +140,7 @@ class WorkerChannel:
         send completes (callers keep it until the peer answers anyway)."""
         if self.closed:
             raise ChannelClosed("channel closed")
-        data = messages.encode(message)
+        data = codec.encode(message)
         if not self._backlog and self._send_raw(data, fds):
             return
         self._queue(data, fds)
@@ -154,7 +154,7 @@ class WorkerChannel:
         must not be lost, such as Stop)."""
         if self.closed:
             raise ChannelClosed("channel closed")
-        data = messages.encode(message)
+        data = codec.encode(message)
         if not self._backlog and self._send_raw(data, ()):
             return True
         limit = self.max_backlog
@@ -239,11 +239,11 @@ class WorkerChannel:
             # rather than leak or misuse it, and say which message lost its fd.
             close_fds(fds)
             try:
-                message = messages.decode(bytes(self._view[:nbytes]))
+                message = codec.decode(bytes(self._view[:nbytes]))
             except ProtocolError:
                 message = None
             # Fewer than it should carry: lost to EMFILE. More: a broken sender.
-            expected = messages.fd_count(message) if message is not None else 0
+            expected = codec.fd_count(message) if message is not None else 0
             if message is not None and self.accepts_fds and len(fds) <= expected and expected:
                 raise FdLost(message)
             raise ProtocolError("ancillary data truncated (MSG_CTRUNC)")
@@ -251,11 +251,11 @@ class WorkerChannel:
             close_fds(fds)
             raise ProtocolError("message larger than the limit")
         try:
-            message = messages.decode(bytes(self._view[:nbytes]))
+            message = codec.decode(bytes(self._view[:nbytes]))
         except ProtocolError:
             close_fds(fds)
             raise
-        expected = messages.fd_count(message) if self.accepts_fds else 0
+        expected = codec.fd_count(message) if self.accepts_fds else 0
         if len(fds) != expected:
             close_fds(fds)
             raise ProtocolError(
@@ -267,7 +267,7 @@ class WorkerChannel:
 
     def send_blocking(self, message: Message, timeout: float = 30.0) -> None:
         """Send, waiting up to `timeout` seconds for room, without an event loop."""
-        data = messages.encode(message)
+        data = codec.encode(message)
         deadline = time.monotonic() + timeout
         while not self._send_raw(data, ()):
             remaining = deadline - time.monotonic()

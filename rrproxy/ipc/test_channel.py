@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from .channel import ChannelClosed, WorkerChannel, socketpair
-from .messages import Hello, NewConn, NewConns, ProtocolError, Stats, Taken, encode
+from .codec import encode
+from .messages import Hello, NewConn, NewConns, ProtocolError, Stats, Taken
 
 
 def _open_fds() -> int:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .codec import decode, encode, fd_count
 from .messages import (
     MAX_BATCH,
     MAX_MESSAGE_SIZE,
@@ -22,9 +23,6 @@ from .messages import (
     Stats,
     Stop,
     Taken,
-    decode,
-    encode,
-    fd_count,
 )
 
 EXAMPLES = [

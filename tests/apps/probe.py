@@ -72,7 +72,8 @@ async def handler(request: Request) -> Response | str | dict | int:
         return Response(200, b"closed my channel\n", _who(request))
     if path == "/channel-unknown":
         # A well-formed datagram of a kind the front never expects from a worker.
-        from rrproxy.ipc.messages import Configure, encode
+        from rrproxy.ipc.codec import encode
+        from rrproxy.ipc.messages import Configure
 
         os.write(_channel_fd(), encode(Configure(1, {})))
         return Response(200, b"sent configure\n", _who(request))
