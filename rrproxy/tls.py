@@ -50,7 +50,8 @@ def server_context(config: WorkerConfig) -> ssl.SSLContext:
 
 
 class TLSTransport:
-    """A Transport that encrypts over another one."""
+    """A Transport that encrypts over another one. The server handshake runs on the
+    first receive() or send(), within the handshake timeout."""
 
     __slots__ = (
         "_backend",
@@ -83,6 +84,7 @@ class TLSTransport:
 
     @property
     def inner(self) -> Transport:
+        """The transport below, carrying the ciphertext (the socket's)."""
         return self._inner
 
     def push_ciphertext(self, data: bytes) -> None:
@@ -124,6 +126,8 @@ class TLSTransport:
             pass
 
     async def receive(self) -> bytes:
+        """Decrypted bytes; b"" on the client's close_notify, at EOF, or when the TLS
+        stream breaks. ClientDisconnected if the handshake fails or times out."""
         if not self._handshaken:
             await self._handshake()
         while True:
@@ -139,6 +143,8 @@ class TLSTransport:
                 return b""  # close_notify, or a broken stream: the end either way
 
     async def send(self, data: bytes) -> None:
+        """Encrypt `data` and send the records (after the handshake, if it has not
+        happened yet)."""
         if not self._handshaken:
             await self._handshake()
         try:
@@ -177,6 +183,7 @@ class TLSTransport:
         return self._inner.client_gone()
 
     def shutdown_write(self) -> None:
+        """The socket's half-close only: call close_notify() first for TLS's own."""
         self._inner.shutdown_write()
 
     def close(self) -> None:

@@ -18,11 +18,12 @@ class StateUnavailable(StateError):
 
 
 class StateKeyTooLarge(StateError, ValueError):
-    pass
+    """The key is over MAX_KEY_BYTES encoded; refused in the worker, before any call."""
 
 
 class StateValueTooLarge(StateError, ValueError):
-    pass
+    """The value is over MAX_VALUE_BYTES in its tagged JSON form; refused in the
+    worker, before any call."""
 
 
 class StateFull(StateError):
@@ -39,4 +40,7 @@ class StateBackend(Protocol):
 
     async def request(
         self, op: str, key: str, value: Any = None, ttl: float | None = None
-    ) -> Any: ...
+    ) -> Any:
+        """Do `op` ("get", "set", "delete", "incr" or "expire") on `key`: for get the
+        tagged value or None, for incr the new integer, for the others whether it
+        took effect. `value` is the tagged value for set, the step for incr."""

@@ -50,6 +50,9 @@ def _encode(value: Any) -> bytes:
 
 
 class MemoryStore:
+    """Keys to tagged values with optional deadlines, within `max_bytes` and
+    `max_keys`; `clock` gives the time deadlines are measured in."""
+
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
@@ -114,6 +117,9 @@ class MemoryStore:
         heapq.heapify(self._deadlines)
 
     def apply(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
+        """One operation from a worker (see StateBackend.request), validated again
+        here; StoreError for anything refused. `expire` without a ttl removes the
+        deadline."""
         if op not in OPS:
             raise StoreError(f"unknown operation {op!r}")
         try:

@@ -30,6 +30,8 @@ BACKOFF_MAX = 5.0
 
 
 def parse_url(url: str) -> dict[str, Any]:
+    """The connection options in a redis:// or rediss:// (TLS) URL; ValueError for
+    anything else. The password falls back to $RRPROXY_REDIS_PASSWORD."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"--state must be memory or redis://host:port/db, got {url!r}")

@@ -33,6 +33,9 @@ class _Pending:
 
 
 class FrontCalls:
+    """The worker's calls to the front in flight, by request id: `call` sends and
+    waits, the channel reader hands each Reply to `reply`."""
+
     def __init__(self, send: Callable[[Message], Awaitable[None]], backend: Backend) -> None:
         self._send = send
         self._backend = backend
@@ -65,6 +68,8 @@ class FrontCalls:
         return reply.value
 
     def reply(self, message: Reply) -> None:
+        """Wake the call waiting for `message`; a late Reply (its call gave up) is
+        dropped."""
         pending = self._pending.get(message.request_id)
         if pending is not None:
             pending.reply = message

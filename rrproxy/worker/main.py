@@ -209,6 +209,8 @@ def _set_title(title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The worker process: boot over the channel fd the front passed, serve, and exit
+    with the worker's status."""
     parser = argparse.ArgumentParser(prog="rrproxy-worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--slot", type=int, required=True)

@@ -23,15 +23,22 @@ if TYPE_CHECKING:
 
 
 class Waiter(Protocol):
+    """What Timeouts watches: a connection, which keeps the two deadlines below."""
+
     #: When the current wait must end (inf: not waiting).
     wait_deadline: float
     #: The deadline of this waiter's entry on the heap (inf: none pending).
     watched_until: float
 
-    def wait_expired(self) -> None: ...
+    def wait_expired(self) -> None:
+        """Called by the timeout task when `wait_deadline` has passed: end the wait
+        (the connection cancels its scope)."""
 
 
 class Timeouts:
+    """The deadlines of every waiting connection of a worker, on one heap that one
+    task (`run`) serves (see the module docstring)."""
+
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._heap: list[tuple[float, int, Waiter]] = []

@@ -49,6 +49,9 @@ CLUSTER_TIMEOUT = 5.0
 
 
 class Worker:
+    """One worker process's life on its loop: Ready to the front, then serving its
+    messages and connections, then the ordered drain when told to stop."""
+
     def __init__(
         self,
         channel: WorkerChannel,
@@ -78,6 +81,8 @@ class Worker:
         self._answer(Retire(reason))
 
     def request_stop(self, timeout: float | None = None) -> None:
+        """Begin the graceful stop (from the front's Stop, SIGTERM, or a lost front):
+        stop accepting, then drain for `timeout` seconds (default --graceful-timeout)."""
         if timeout is not None:
             self._stop_timeout = timeout
         self._stop.set()

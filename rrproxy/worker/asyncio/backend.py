@@ -76,10 +76,12 @@ class Scope:
 
     @property
     def deadline(self) -> float:
+        """When the scope cancels itself (loop time; inf: never)."""
         return self._deadline
 
     @deadline.setter
     def deadline(self, value: float) -> None:
+        """Move the deadline; the timer follows lazily (see _schedule)."""
         self._deadline = value
         if self._task is not None and not self._exited and not self._cancel_called:
             self._schedule()
@@ -116,6 +118,8 @@ class Scope:
             self._schedule()
 
     def cancel(self) -> None:
+        """Cancel the scope's task (at entry, if not entered yet); it sees
+        CancelledError at its next await, which the scope's exit swallows."""
         if self._cancel_called or self._exited:
             return
         self._cancel_called = True
@@ -182,6 +186,9 @@ class _Stream:
 
 
 class AsyncioBackend:
+    """The Backend on asyncio, or on uvloop's loop with `use_uvloop`: Scope for the
+    cancel scopes, loop readers and writers for the socket waits."""
+
     def __init__(self, use_uvloop: bool) -> None:
         self.uvloop = use_uvloop
         self.name = "uvloop" if use_uvloop else "asyncio"
@@ -248,6 +255,8 @@ class AsyncioBackend:
         await self._wait(sock, writable=True)
 
     def notify_closing(self, sock: Any) -> None:
+        """Only the last task that began waiting on the fd is woken (one waiter per fd
+        is tracked, as the worker has); the fd's reader and writer are removed."""
         fd = sock if isinstance(sock, int) else sock.fileno()
         future = self._waiters.pop(fd, None)
         if future is not None and not future.done():
@@ -259,6 +268,8 @@ class AsyncioBackend:
 
     @contextlib.contextmanager
     def signal_receiver(self, *signals: int) -> Iterator[AsyncIterator[int]]:
+        """With loop.add_signal_handler: on exit the signals go back to their default
+        action (SIG_DFL), not to a handler set before."""
         loop = asyncio.get_running_loop()
         queue = Queue(self)
         for signum in signals:
@@ -294,6 +305,7 @@ class AsyncioBackend:
         return _ThreadPool(size)
 
     def run(self, main: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """In an asyncio.Runner, on a uvloop loop when this is the uvloop backend."""
         factory = None
         if self.uvloop:
             import uvloop

@@ -76,6 +76,9 @@ class _Protocol(asyncio.Protocol):
 
 
 class AsyncioTransport:
+    """A Transport over the loop's transport and our _Protocol: reads come from the
+    protocol's buffer, writes go to the loop's transport with its flow control."""
+
     __slots__ = ("_loop", "_protocol", "_send_timeout", "_server_address", "_transport", "client")
 
     def __init__(
@@ -101,6 +104,8 @@ class AsyncioTransport:
         return self._server_address
 
     async def receive(self) -> bytes:
+        """Everything buffered so far in one piece (waiting if nothing is), and
+        reading resumed if the buffer had paused it."""
         protocol = self._protocol
         while not protocol.buffer:
             if protocol.eof:
@@ -118,6 +123,8 @@ class AsyncioTransport:
         return data
 
     async def send(self, data: bytes) -> None:
+        """Hand `data` to the loop's transport; wait only while the transport has
+        paused writing (its buffer above the high-water mark)."""
         protocol = self._protocol
         transport = self._transport
         if transport.is_closing():
@@ -137,6 +144,8 @@ class AsyncioTransport:
                 raise ClientDisconnected("client went away")
 
     async def sendfile(self, file: Any, offset: int, count: int) -> int:
+        """loop.sendfile() on the stdlib loop (given at least 1 MB/s beyond the send
+        timeout); on uvloop, blocks read in a thread and sent as send() does."""
         if self._transport.is_closing():
             raise ClientDisconnected("client went away")
         if type(self._loop).__module__.startswith("asyncio"):
@@ -160,6 +169,7 @@ class AsyncioTransport:
         return sent
 
     def client_gone(self) -> bool:
+        """No syscall: whether the loop has seen EOF or lost the connection."""
         return self._protocol.eof
 
     def shutdown_write(self) -> None:
@@ -179,6 +189,8 @@ class AsyncioTransport:
 async def open_transport(
     sock: socket.socket, send_timeout: float, on_first_read: Callable[[], None] | None
 ) -> AsyncioTransport:
+    """Hand a connected socket to the running loop (connect_accepted_socket) and wrap
+    it; Backend.open_transport on asyncio."""
     # Trap: a socket rebuilt from a received fd may not carry its protocol, and
     # without TCP_NODELAY, Nagle plus delayed ACK adds ~40 ms per response.
     with contextlib.suppress(OSError):

@@ -39,6 +39,9 @@ class _TaskGroup:
 
 
 class TrioBackend:
+    """The Backend on trio: its functions as they are (trio.CancelScope is the
+    CancelScope, trio.Event the Event), wrapped only where the interface differs."""
+
     name = "trio"
     current_time = staticmethod(trio.current_time)
     sleep = staticmethod(trio.sleep)

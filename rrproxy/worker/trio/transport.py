@@ -16,6 +16,9 @@ RECV_SIZE = 64 * 1024
 
 
 class TrioTransport:
+    """A Transport on a connected, nonblocking socket: each call tries the syscall
+    first and waits with trio only when it would block."""
+
     __slots__ = ("_on_first_read", "_send_timeout", "_server_address", "client", "sock")
 
     def __init__(
@@ -45,6 +48,7 @@ class TrioTransport:
         return self._server_address
 
     async def receive(self) -> bytes:
+        """One recv() of up to RECV_SIZE bytes, waiting only if none are there yet."""
         sock = self.sock
         while True:
             try:
@@ -60,6 +64,8 @@ class TrioTransport:
         return data
 
     def first_read_done(self) -> None:
+        """Run the `on_first_read` callback if it has not run yet (and never again):
+        the front is told the connection is taken exactly once."""
         callback, self._on_first_read = self._on_first_read, None
         if callback is not None:
             callback()
@@ -83,6 +89,8 @@ class TrioTransport:
             view = memoryview(view)[sent:]
 
     async def sendfile(self, file: Any, offset: int, count: int) -> int:
+        """os.sendfile() straight to the socket; fewer than `count` bytes if the file
+        turns out shorter."""
         sock = self.sock
         sent = 0
         while sent < count:
@@ -101,6 +109,7 @@ class TrioTransport:
         return sent
 
     def client_gone(self) -> bool:
+        """A peek at the socket (one syscall): EOF or an error means gone."""
         try:
             return self.sock.recv(1, socket.MSG_PEEK) == b""
         except BlockingIOError:
