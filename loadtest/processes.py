@@ -16,23 +16,47 @@ _running: set[subprocess.Popen] = set()  # type: ignore[type-arg]
 _installed = False
 
 
-def stop_process_group(proc: subprocess.Popen, grace: float = 15.0) -> None:  # type: ignore[type-arg]
-    """SIGTERM to the process's group (it was started with start_new_session), then
-    SIGKILL if it has not gone within `grace` seconds."""
+def stop_process_group(
+    proc: subprocess.Popen,  # type: ignore[type-arg]
+    grace: float = 15.0,
+    *,
+    term_group: bool = True,
+    own_group: bool | None = None,
+) -> int | None:
+    """Stop `proc` and everything in its process group: SIGTERM (to the whole group,
+    or with `term_group=False` to `proc` alone, as an operator stopping a server
+    does), then SIGKILL to the group if it has not exited within `grace` seconds.
+    Its exit code (None if it could not be reaped). The one stop helper of the
+    benchmarks and the test suite; a process not in a group of its own only gets
+    signals itself, so this never signals the caller's group. Pass `own_group=True`
+    for a process started with start_new_session: its group is then killed even
+    when the leader has already been reaped (workers it left behind)."""
     _running.discard(proc)
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
+    if own_group is None:
+        own_group = _own_group(proc)
+    if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if term_group and own_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(grace)
         except ProcessLookupError:
             pass
-        proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    if own_group:
+        # Whatever the front left behind (workers of a front that misbehaved).
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    elif proc.poll() is None:
+        proc.kill()
+    try:
+        return proc.wait(5)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @contextlib.contextmanager

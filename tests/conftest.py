@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from loadtest.processes import stop_process_group
+
 
 def ensure_installed(binary: str, package: str, service: str | None = None) -> str:
     """The path of `binary`, installing Debian's `package` first if it is missing (and
@@ -81,9 +83,8 @@ class RedisServer:
         raise AssertionError("redis-server did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process_group(self.proc, 10)
 
 
 @pytest.fixture(scope="session")

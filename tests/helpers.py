@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from loadtest.processes import stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = "tests.apps.probe:handler"
@@ -126,15 +127,11 @@ class RRProxy:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        """Stop at test end, whatever state the server is in."""
+        """Stop at test end, whatever state the server is in: SIGTERM to the front
+        (as an operator does), then SIGKILL to its whole group after 15 s."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_process_group(self.proc, 15, term_group=False, own_group=True)
 
     def __enter__(self) -> RRProxy:
         try:
@@ -144,13 +141,9 @@ class RRProxy:
             raise
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
         if self.proc is not None:
-            # Never leave workers behind, even if the front misbehaved.
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            # Also when the front has exited: never leave workers behind.
+            stop_process_group(self.proc, 15, term_group=False, own_group=True)
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
