@@ -44,6 +44,9 @@ def load_policy(name: str) -> Policy:
 
 
 class GuardedPolicy:
+    """A user's policy behind the guard described in the module docstring; `failures`
+    counts the choices it got wrong."""
+
     def __init__(self, inner: Any, name: str) -> None:
         self.inner = inner
         self.name = name
@@ -54,6 +57,8 @@ class GuardedPolicy:
     def choose(
         self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
     ) -> C | None:
+        """The user's choice when it is an accepting candidate (with room, when
+        `require_room`), or None if it says none; round-robin's choice otherwise."""
         try:
             # Checked below: a non-None answer must be one of `candidates`.
             chosen: C | None = self.inner.choose(candidates, require_room, client)

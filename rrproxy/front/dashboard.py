@@ -41,6 +41,8 @@ DATA_HEADERS = "cache-control: no-store\r\nx-content-type-options: nosniff\r\n"
 
 @dataclass(frozen=True)
 class Asset:
+    """One file of the page, read once from the package and kept."""
+
     body: bytes
     content_type: str
 

@@ -64,6 +64,8 @@ class ForkedProcess:
         self._report.set()
 
     async def wait(self) -> int:
+        """The exit code, once the process has exited (the pidfd turns readable) and
+        the zygote has reported it; UNKNOWN_EXIT if no report comes in time."""
         async with self._wait_lock:
             if self.returncode is None:
                 assert self._pidfd is not None
@@ -76,6 +78,8 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
+        """Signal the process through its pidfd (never a recycled pid); nothing once
+        it has exited."""
         if self._pidfd is None or self.returncode is not None:
             return
         try:
@@ -84,10 +88,14 @@ class ForkedProcess:
             pass  # exited, not yet waited for
 
     def kill(self) -> None:
+        """SIGKILL, as trio.Process.kill()."""
         self.send_signal(signal.SIGKILL)
 
 
 class ForkServer:
+    """A running zygote and its socket: forks workers on request and reports the
+    exits of those it forked."""
+
     def __init__(
         self, process: trio.Process, sock: trio.socket.SocketType, preload: str | None
     ) -> None:
@@ -188,6 +196,7 @@ class ForkServer:
 
     @property
     def children(self) -> int:
+        """How many of the workers it forked have not been reported gone."""
         return len(self._children)
 
     def _gone(self, why: str) -> None:

@@ -39,6 +39,9 @@ class SlotCounters:
 
 @dataclass(frozen=True)
 class Sample:
+    """The cumulative counters at one moment (`at`, in the front's clock's seconds):
+    each slot's, the front's CPU time and its handoff counts."""
+
     at: float
     slots: Mapping[int, SlotCounters]
     front_cpu_seconds: float
@@ -103,11 +106,16 @@ def _delta(new: float, old: float) -> float:
 
 
 class History:
+    """The last `capacity` samples, and the figures drawn from them; `bounds` are
+    the latency histogram's bucket bounds (seconds)."""
+
     def __init__(self, bounds: Sequence[float], capacity: int = CAPACITY) -> None:
         self.bounds = tuple(bounds)
         self.samples: deque[Sample] = deque(maxlen=capacity)
 
     def record(self, sample: Sample) -> None:
+        """Add the newest sample (the oldest drops out at capacity); ignored unless
+        it is later than the last one."""
         if self.samples and sample.at <= self.samples[-1].at:
             return  # time must move on (two samples in one clock tick say nothing)
         self.samples.append(sample)

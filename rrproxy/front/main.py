@@ -69,6 +69,10 @@ def bind_all(config: Config) -> list[socket.socket]:
 
 
 class Front:
+    """The front process on trio: its listeners, the supervisor of the workers, the
+    dispatcher when the front places connections itself (not under none/reuseport,
+    where the kernel does), the admin server, and the order of a stop."""
+
     def __init__(
         self,
         config: Config,
@@ -105,9 +109,13 @@ class Front:
 
     @property
     def stopping(self) -> bool:
+        """A graceful stop has begun (the admin's /reload, /scale and /shutdown then
+        answer 409)."""
         return self._stopping
 
     async def run(self) -> None:
+        """Boot the workers, then accept and supervise until the stop is done (or a
+        second SIGINT cuts it short); BootError or RestartStorm end it early."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_signals)

@@ -157,6 +157,8 @@ def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, int]]:
 
 
 def render(status: dict[str, Any]) -> bytes:
+    """The /metrics body for a status snapshot (front/status.py), served with
+    CONTENT_TYPE."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(status))
     return generate_latest(registry)

@@ -19,6 +19,9 @@ STARTED_AT = time.time()
 
 
 def snapshot(front: Front, with_history: bool = False) -> dict[str, Any]:
+    """The cluster now: each slot's counters (its past processes' included), the
+    totals, the front's own figures and the recent rates; with `with_history`, the
+    sparklines' series too."""
     supervisor = front.supervisor
     dispatcher = front.dispatcher
     now = trio.current_time()

@@ -107,6 +107,8 @@ class RequestFraming:
 
     @property
     def holding(self) -> bool:
+        """An Upgrade request has been read: what follows is held back from h11 (for
+        `held()` if the upgrade is accepted; otherwise the connection must close)."""
         return self._state == _HOLD
 
     def feed(self, data: bytes) -> bytes:

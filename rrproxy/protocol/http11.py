@@ -40,6 +40,9 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one request may take: head bytes (request line and headers), header
+    lines, and body bytes (--max-header-size, --max-headers, --max-body-size)."""
+
     max_head: int = 16 * 1024
     max_headers: int = 100
     max_body: int = 1024 * 1024
@@ -73,6 +76,9 @@ def header_pairs(request: h11.Request) -> list[tuple[bytes, bytes]]:
 
 
 class ServerConnection:
+    """One client connection's HTTP/1.1 state, request after request: feed it the
+    client's bytes, pull requests and body chunks, and send what it returns."""
+
     __slots__ = ("_body_received", "body_done", "conn", "framing", "headers", "limits")
 
     def __init__(self, limits: Limits) -> None:
@@ -124,6 +130,8 @@ class ServerConnection:
         return None
 
     def declared_length(self) -> int | None:
+        """The current request's Content-Length (already validated by the framing),
+        or None when it has none (chunked, or no body)."""
         for name, value in self.headers:
             if name == b"content-length":
                 return int(value)
@@ -255,6 +263,8 @@ class ServerConnection:
             raise InvalidResponse("a file can only be sent with a Content-Length")
 
     def end(self) -> bytes:
+        """The end of a streamed body (the last chunk, under chunked framing).
+        InvalidResponse if fewer bytes went out than its Content-Length said."""
         try:
             return self.conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
@@ -300,6 +310,7 @@ class ServerConnection:
 
     @property
     def response_complete(self) -> bool:
+        """The current response has been written to its end."""
         return self.conn.our_state is h11.DONE
 
     def start_next_request(self) -> bool:
