@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..fds import close_fds
-from ..worker.backend import Backend, ResourceClosed
+from ..worker.backend import Backend, Event, ResourceClosed
 from . import codec, messages
 from .messages import MAX_MESSAGE_SIZE, Message, ProtocolError
 
@@ -72,10 +72,8 @@ class WorkerChannel:
         accepts_fds: bool = True,
         max_backlog: int | None = None,
     ) -> None:
-        if backend is None:
-            from ..worker.trio import BACKEND
-
-            backend = BACKEND  # (mypy does not narrow through `import ... as backend`)
+        #: None until first needed: a worker's channel talks blocking until its loop
+        #: is chosen (use_backend), so an asyncio worker never imports trio.
         self._backend = backend
         sock.setblocking(False)
         self._sock = sock
@@ -88,16 +86,32 @@ class WorkerChannel:
         self.accepts_fds = accepts_fds
         self.max_backlog = max_backlog
         self.closed = False
-        #: Set whenever messages are queued, for the task that owns flush().
-        self.has_backlog = backend.event()
+        self._has_backlog: Event | None = None
         #: The loop's current_time() since when messages have been waiting (None: none).
         self.backlog_since: float | None = None
+
+    @property
+    def _loop(self) -> Backend:
+        """The event loop's primitives; trio's unless use_backend chose another."""
+        backend = self._backend
+        if backend is None:
+            from ..worker.trio import BACKEND
+
+            backend = self._backend = BACKEND
+        return backend
+
+    @property
+    def has_backlog(self) -> Event:
+        """Set whenever messages are queued, for the task that owns flush()."""
+        if self._has_backlog is None:
+            self._has_backlog = self._loop.event()
+        return self._has_backlog
 
     def use_backend(self, backend: Backend) -> None:
         """The event loop to wait with from now on (a worker picks its loop after the
         handshake, which runs before any loop)."""
         self._backend = backend
-        self.has_backlog = backend.event()
+        self._has_backlog = backend.event()
         if self._backlog:
             self.has_backlog.set()
 
@@ -165,7 +179,7 @@ class WorkerChannel:
 
     def _queue(self, data: bytes, fds: Sequence[int]) -> None:
         if not self._backlog:
-            self.backlog_since = self._backend.current_time()
+            self.backlog_since = self._loop.current_time()
         self._backlog.append((data, fds))
         self._backlog_bytes += len(data)
         self.has_backlog.set()
@@ -189,7 +203,7 @@ class WorkerChannel:
                         self.backlog_since = None
                 else:
                     try:
-                        await self._backend.wait_writable(self._sock)
+                        await self._loop.wait_writable(self._sock)
                     except ResourceClosed:
                         raise ChannelClosed("channel closed") from None
         finally:
@@ -201,7 +215,7 @@ class WorkerChannel:
         main nursery), so a peer that goes away ends only this task, handled."""
         while True:
             await self.has_backlog.wait()
-            self.has_backlog = self._backend.event()
+            self._has_backlog = self._loop.event()
             try:
                 await self.flush()
             except ChannelClosed:
@@ -307,7 +321,7 @@ class WorkerChannel:
             # then, *before* receiving, so a cancellation there loses no message
             # (and no fd).
             self._burst = 0
-            await self._backend.checkpoint()
+            await self._loop.checkpoint()
         while True:
             if self.closed:
                 raise ChannelClosed("channel closed")
@@ -316,7 +330,7 @@ class WorkerChannel:
                 return result
             self._burst = 0
             try:
-                await self._backend.wait_readable(self._sock)
+                await self._loop.wait_readable(self._sock)
             except ResourceClosed:
                 raise ChannelClosed("channel closed") from None
 
@@ -324,5 +338,5 @@ class WorkerChannel:
         if self.closed:
             return
         self.closed = True
-        self._backend.notify_closing(self._sock)
+        self._loop.notify_closing(self._sock)
         self._sock.close()

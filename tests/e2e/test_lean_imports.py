@@ -63,6 +63,11 @@ def test_a_worker_imports_only_what_it_runs(tmp_path: Path, app: str, extra: tup
         modules = json.loads(get(server.port).body)["modules"]
     assert "h11" in modules  # it did report its own modules
     assert _forbidden(modules) == []
+    if app == "asgi" and not extra:
+        # A fresh ASGI worker runs on asyncio: trio is the front's loop, not its own
+        # (a fork server's zygote imports both, to share them).
+        assert "asyncio" in modules
+        assert not [m for m in modules if m == "trio" or m.startswith("trio.")]
 
 
 def test_the_front_imports_its_metrics_machinery_only_when_asked():
