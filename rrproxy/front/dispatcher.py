@@ -126,6 +126,7 @@ class Dispatcher:
         choose = self.policy.choose
         now = trio.current_time()
         plan: dict[WorkerProcess, list[PendingConn]] = {}
+        failed: list[PendingConn] = []
         planned = 0
         for conn in conns:
             worker = choose(workers, require_room, conn.client)
@@ -138,8 +139,9 @@ class Dispatcher:
             share.append(conn)
             planned += 1
             if len(share) == MAX_BATCH:
-                self._send(worker, plan.pop(worker))
-        failed: list[PendingConn] = []
+                # What it did not take goes back to the queue with the rest (a share
+                # that fills before the channel does is the ip-hash burst case).
+                failed += self._send(worker, plan.pop(worker))
         for worker, share in plan.items():
             failed += self._send(worker, share)
         if failed:

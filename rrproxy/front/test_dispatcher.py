@@ -590,12 +590,6 @@ async def test_connections_that_could_not_be_sent_keep_their_order() -> None:
 
 
 @pytest.mark.parametrize("how", ["closed", "full"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher._hand_out drops what _send returns for a full MAX_BATCH share: "
-    "those connections are neither queued nor unacked, their fds leak and held never "
-    "goes down",
-)
 async def test_a_full_batch_that_cannot_be_sent_is_not_lost(how: str) -> None:
     # ip-hash sends every connection of one client to its worker, room or not, so an
     # accept burst of MAX_BATCH or more from one address fills one share at once.
