@@ -18,6 +18,9 @@ log = logging.getLogger("rrproxy.admin")
 
 @dataclass(frozen=True)
 class AdminAddress:
+    """A unix socket's `path`, or a TCP `host` and `port`; str() gives it back in the
+    form --admin takes."""
+
     path: str | None = None
     host: str | None = None
     port: int = 0

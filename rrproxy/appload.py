@@ -20,6 +20,8 @@ class AppLoadError(Exception):
 
 
 def parse_app_spec(spec: str) -> tuple[str, str]:
+    """(module, attribute) of "module:attribute", both dotted Python names;
+    AppSpecError otherwise. Nothing is imported."""
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr or ":" in attr:
         raise AppSpecError(f"APP must be of the form module:attribute, got {spec!r}")
@@ -75,6 +77,8 @@ def load_app(spec: str, app_dir: str = ".") -> Callable[..., Any]:
 
 
 def is_coroutine_callable(obj: Any) -> bool:
+    """Whether calling `obj` gives a coroutine: an async function, or an object whose
+    `__call__` is one (an async handler, or an async --factory)."""
     if inspect.iscoroutinefunction(obj):
         return True
     call = getattr(obj, "__call__", None)  # noqa: B004
@@ -132,6 +136,9 @@ class UnknownInterface(AppLoadError):
 
 
 def detect_interface(obj: Any, requested: str) -> str:
+    """"asgi", "wsgi" or "native": `requested` unless it is "auto", else told from
+    how `obj` is called (a signature that cannot be read counts as native).
+    UnknownInterface if no shape fits."""
     if requested != "auto":
         return requested
     if is_asgi3(obj):

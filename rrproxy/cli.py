@@ -20,6 +20,8 @@ CONTROL_COMMANDS = ("status", "reload", "scale", "stop", "dashboard")
 
 
 def fail(message: str, as_json: bool | None = None) -> NoReturn:
+    """Print `message` as rrproxy's one-line error (JSON under --log-format json) and
+    exit 2. Before the options are parsed, `as_json` is guessed from argv and the env."""
     if as_json is None:  # before the options are known: what the command line says
         argv = sys.argv[1:]
         pairs = itertools.pairwise(argv)
@@ -57,6 +59,8 @@ def read_env_file(path: str) -> tuple[tuple[str, str], ...]:
 
 
 def binds_of(values: dict[str, Any]) -> tuple[str, ...]:
+    """The sockets to listen on as bind strings: --bind, --uds, --fd and systemd's,
+    else --host and --port; each checked (ConfigError), duplicates dropped."""
     binds = list(values["bind"])
     if values["uds"]:
         binds.append(f"unix:{values['uds']}")
@@ -73,6 +77,8 @@ def binds_of(values: dict[str, Any]) -> tuple[str, ...]:
 
 
 def build_config(settings: Settings) -> Config:
+    """The Config the resolved settings describe, validated; ConfigError naming the
+    first problem. The app is not imported."""
     values = settings.values
     if not values["app"]:
         raise ConfigError("APP is required (module:attribute, on the command line or in a file)")
@@ -199,6 +205,8 @@ def check_environment(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    """The `rrproxy` command: a control command (status, reload, scale, stop,
+    dashboard) or, by default, serve APP until stopped; exits with the status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in CONTROL_COMMANDS:
         from .control import main as control_main

@@ -24,6 +24,8 @@ class ConfigError(ValueError):
 
 
 def default_workers() -> int:
+    """The default --workers: the CPUs this process may run on (its affinity, which a
+    container's cpuset narrows), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -99,10 +101,10 @@ class WorkerConfig:
     forwarded_allow_ips: tuple[str, ...] | list[str] = ("127.0.0.1", "::1")
     #: rrproxy.state backend: "memory" (the front) or a redis:// URL (each worker).
     state: str = "memory"
-    #: "auto", "native" or "asgi" (what the app is), and the ASGI options.
+    #: "auto", "native", "asgi" or "wsgi" (what the app is), and the ASGI options.
     interface: str = "auto"
     #: The workers' event loop: "auto" (trio for native handlers, asyncio/uvloop for
-    #: ASGI apps), "trio", "asyncio" or "uvloop".
+    #: ASGI and WSGI apps), "trio", "asyncio" or "uvloop".
     loop: str = "auto"
     #: WSGI apps: threads per worker running the app (gunicorn's gthread --threads).
     threads: int = 1
@@ -118,16 +120,22 @@ class WorkerConfig:
     log_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields for the Configure message (its tuples arrive as lists)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
+        """Back from to_dict(): keys this version does not know are ignored, and
+        missing ones take their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
 class Config:
+    """Everything a run of rrproxy is configured with: the front's settings here,
+    the workers' in `worker`."""
+
     worker: WorkerConfig
     #: What to listen on: "HOST:PORT", "unix:PATH", "fd://N" (see listeners.py).
     binds: tuple[str, ...] = ("127.0.0.1:8000",)
@@ -174,9 +182,12 @@ class Config:
 
     @property
     def policy(self) -> str:
+        """--policy (kept in `worker`, as the workers need it too)."""
         return self.worker.policy
 
     def validate(self) -> None:
+        """ConfigError naming the first option out of its range, or an
+        --access-log-format that does not format."""
         try:
             self.worker.access_log_format.format(**ACCESS_LOG_SAMPLE)
         except (KeyError, IndexError, ValueError, AttributeError) as exc:

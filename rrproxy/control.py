@@ -1,4 +1,4 @@
-"""`rrproxy status | reload | scale N | stop`: talk to a running rrproxy's admin
+"""`rrproxy status | reload | scale N | stop | dashboard`: talk to a running rrproxy's admin
 interface (like `pm2 ls`, `pm2 reload`, `pm2 scale`)."""
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class AdminClient:
+    """A client of a running rrproxy's admin interface (unix socket or TCP): one
+    connection per request, with the bearer token when there is one."""
+
     def __init__(self, admin: str, token: str | None = None, timeout: float = 10.0) -> None:
         from .adminaddress import parse_admin
 
@@ -44,6 +47,7 @@ class AdminClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request: the status and the body."""
         status, _, body = self.exchange(method, path)
         return status, body
 
@@ -66,6 +70,8 @@ class AdminClient:
             conn.close()
 
     def json(self, method: str, path: str) -> Any:
+        """One request answered in JSON: the decoded body. AdminError for an error
+        status (with the server's reason) or a body that is not JSON."""
         status, body = self.request(method, path)
         try:
             data = json.loads(body)
@@ -108,6 +114,8 @@ def _ms(value: float | None) -> str:
 
 
 def status_table(status: dict[str, Any]) -> Table:
+    """The `rrproxy status` table of a /status snapshot: a row per worker slot, then
+    one for the whole cluster."""
     now = time.time()
     jain = (status.get("fairness") or {}).get("jain_index")
     table = Table(
@@ -222,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    """Run one control command; the exit status (1 if the admin interface cannot be
+    reached or refuses)."""
     args = _parser().parse_args(argv)
     try:
         if args.admin is None:

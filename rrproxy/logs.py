@@ -20,11 +20,16 @@ _ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms", 
 
 
 class JSONFormatter(logging.Formatter):
+    """--log-format json: a record as one JSON object, with `source` (who wrote it)
+    merged in."""
+
     def __init__(self, source: dict[str, object]) -> None:
         super().__init__()
         self.source = source
 
     def format(self, record: logging.LogRecord) -> str:
+        """One line: time (UTC, ms), level, logger, the source, the message, the
+        access-log fields when the record has them, and any traceback."""
         data: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

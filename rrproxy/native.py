@@ -38,6 +38,7 @@ class Headers(Mapping[str, str]):
 
     @property
     def raw(self) -> HeaderPairs:
+        """The (lowercased name, value) byte pairs as received, in order."""
         return self._raw
 
     def _find(self, name: str) -> bytes | None:
@@ -54,10 +55,12 @@ class Headers(Mapping[str, str]):
         return value.decode("latin-1")
 
     def get(self, name: str, default: Any = None) -> Any:
+        """The first value of `name` (in any case), or `default` if it is absent."""
         value = self._find(name)
         return default if value is None else value.decode("latin-1")
 
     def getall(self, name: str) -> list[str]:
+        """Every value of `name` (in any case), in the order received; [] if absent."""
         key = name.lower().encode("latin-1")
         return [v.decode("latin-1") for k, v in self._raw if k == key]
 
@@ -136,9 +139,11 @@ class Request:
         return self._body
 
     async def text(self, encoding: str = "utf-8") -> str:
+        """The whole body decoded (UnicodeDecodeError if it does not decode)."""
         return (await self.body()).decode(encoding)
 
     async def json(self) -> Any:
+        """The whole body parsed as JSON (ValueError if it is not JSON)."""
         return json.loads(await self.body())
 
     def __repr__(self) -> str:
@@ -177,6 +182,7 @@ class Response:
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
+        """A response whose body is `data` as compact JSON, typed application/json."""
         body = json.dumps(data, separators=(",", ":")).encode()
         return cls(status, body, [("content-type", "application/json")])
 

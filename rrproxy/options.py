@@ -53,6 +53,9 @@ def _mode(text: str) -> int:
 
 @dataclass(frozen=True)
 class Option:
+    """One option: how each source names it, how its text is parsed, its default,
+    and its line and group in --help."""
+
     #: The dest name: `max_body_size` (flag --max-body-size, env RRPROXY_MAX_BODY_SIZE,
     #: file key max-body-size or max_body_size).
     name: str
@@ -72,9 +75,11 @@ class Option:
 
     @property
     def env(self) -> str:
+        """Its environment variable: RRPROXY_ and the name in capitals."""
         return "RRPROXY_" + self.name.upper()
 
     def resolved_default(self) -> Any:
+        """The default, computed now when it is a function (--workers: the CPUs)."""
         return self.default() if callable(self.default) else self.default
 
 
@@ -269,6 +274,8 @@ def coerce(option: Option, value: Any) -> Any:
 
 
 def environ_value(option: Option, environ: os._Environ[str] | dict[str, str]) -> str | None:
+    """The option's text in `environ`, or None if unset; --workers falls back to
+    $WEB_CONCURRENCY."""
     if option.name == "workers" and option.env not in environ:
         return environ.get("WEB_CONCURRENCY")  # as gunicorn and uvicorn read it
     return environ.get(option.env)

@@ -26,6 +26,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser, from OPTIONS. No flag has a default
+    (argparse.SUPPRESS): what was not given is absent, and the other sources fill it."""
     parser = _Parser(
         prog="rrproxy",
         description=(
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Settings:
+    """Every option's value by name, and where each one came from."""
+
     values: dict[str, Any] = field(default_factory=dict)
     #: name -> "command line", "environment ($X)", "FILE, line N", or "default".
     origins: dict[str, str] = field(default_factory=dict)
@@ -99,6 +103,8 @@ def _file_options(path: Path, table: dict[str, Any], text: str) -> dict[str, tup
 
 
 def read_file(path: Path, explicit: bool) -> dict[str, tuple[Any, str]]:
+    """The options a TOML file sets (a pyproject.toml's [tool.rrproxy] only), each
+    with where it is; a file that cannot be read gives none unless `explicit`."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -169,6 +175,8 @@ def resolve(
 
 
 def print_config(settings: Settings, out: Any = sys.stdout) -> None:
+    """--print-config: a line per option with its value (secrets masked) and its
+    origin."""
     width = max(len(o.name) for o in OPTIONS)
     for option in OPTIONS:
         if option.name in CLI_ONLY:

@@ -209,6 +209,8 @@ def serve(sock: socket.socket) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The zygote process: import what workers run (and the app, with --preload),
+    tell the front it is ready, then fork on request until the front closes its end."""
     parser = argparse.ArgumentParser(prog="rrproxy-zygote")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--preload", metavar="APP")

@@ -63,7 +63,7 @@ def syntax_errors(paths: Iterable[str]) -> list[str]:
 
 async def watch(config: Config, supervisor: Supervisor) -> None:
     """The --reload task: a rolling reload after each burst of changes under the
-    --reload-dir directories (the current one by default), until cancelled."""
+    --reload-dir directories (--app-dir by default), until cancelled."""
     try:
         from watchfiles import awatch
     except ImportError:
