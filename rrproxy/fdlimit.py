@@ -7,7 +7,8 @@ import resource
 
 
 def raise_fd_limit() -> int:
-    """Returns the soft limit now in force."""
+    """Raise the soft RLIMIT_NOFILE to the hard limit (2**20 when that is unlimited);
+    the soft limit now in force. Left as it is where the kernel refuses."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
