@@ -17,6 +17,8 @@ from .config import ConfigError
 
 @dataclass(frozen=True)
 class Address:
+    """One --bind address: a TCP host and port, a Unix socket path, or an inherited fd."""
+
     kind: str  # "tcp", "unix" or "fd"
     host: str = ""
     port: int = 0
@@ -167,6 +169,7 @@ def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
 
 
 def url_of(sock: socket.socket) -> str:
+    """How a listening socket is shown to users: http://host:port, or unix:PATH."""
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         return f"unix:{name}"

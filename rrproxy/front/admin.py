@@ -38,6 +38,8 @@ MAX_WORKERS = 1024
 
 
 def bind_admin(address: AdminAddress) -> socket.socket:
+    """The admin listener for --admin: a 0600 Unix socket, or a TCP address (which always needs a
+    token). ConfigError when it cannot be bound."""
     try:
         if address.path is not None:
             # Mode 0600 from the start (no moment where others could connect).
@@ -48,6 +50,9 @@ def bind_admin(address: AdminAddress) -> socket.socket:
 
 
 class AdminServer:
+    """The admin interface: /status, /metrics, /reload, /scale, the dashboard. Every request needs
+    the token unless it comes over the 0600 Unix socket; one request per connection."""
+
     def __init__(self, front: Front, sock: socket.socket, token: str | None) -> None:
         self.front = front
         self.sock = sock
@@ -61,6 +66,8 @@ class AdminServer:
             self._identity = (info.st_dev, info.st_ino)
 
     async def serve(self) -> None:
+        """Serve until cancelled, then remove the Unix socket file if it is still the
+        one we made."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
         try:
             await trio.serve_listeners(self._serve_one, [listener])

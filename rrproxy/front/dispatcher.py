@@ -34,6 +34,10 @@ REJECT_PAUSE = 0.1
 
 
 class Dispatcher:
+    """Hands accepted connections to workers (rr, least-conn, ip-hash): asks the policy, sends each
+    worker its share in one message, and holds every connection until a worker answers Taken, re-
+    handing it if the worker rejects it or dies first."""
+
     def __init__(
         self,
         policy: Policy,
@@ -60,6 +64,7 @@ class Dispatcher:
     # --- intake --------------------------------------------------------------------
 
     def submit(self, fd: int, client: str | None = None) -> None:
+        """One connection just accepted (see submit_many)."""
         self.submit_many([(fd, client)])
 
     def submit_many(self, accepted: Sequence[tuple[int, str | None]]) -> None:
@@ -108,6 +113,7 @@ class Dispatcher:
             self._update_events()
 
     async def wait_for_room(self) -> None:
+        """Until the acceptor may accept again (see `full`)."""
         while self.full:
             await self._room.wait()
 

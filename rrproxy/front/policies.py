@@ -17,23 +17,38 @@ from typing import Protocol, TypeVar
 
 
 class Candidate(Protocol):
-    @property
-    def slot(self) -> int: ...
+    """What a policy sees of a worker (the front's WorkerProcess, or a test's fake)."""
 
     @property
-    def accepting(self) -> bool: ...
+    def slot(self) -> int:
+        """The worker's slot id: stable across its restarts and reloads."""
+        ...
 
     @property
-    def has_room(self) -> bool: ...
+    def accepting(self) -> bool:
+        """It may be given connections at all (ready, not draining, not stalled)."""
+        ...
 
     @property
-    def load(self) -> int: ...
+    def has_room(self) -> bool:
+        """Accepting, and below its limits (channel, unanswered handoffs,
+        --limit-concurrency): the first choice of every policy."""
+        ...
+
+    @property
+    def load(self) -> int:
+        """Open connections: what the worker reports plus those handed and not yet
+        answered (least-conn's measure)."""
+        ...
 
 
 C = TypeVar("C", bound=Candidate)
 
 
 class Policy(Protocol):
+    """A scheduling policy: picks the worker for each connection. Built in: RoundRobin, LeastConn,
+    IpHash; --policy module:Class loads one of the user's."""
+
     name: str
 
     def choose(
@@ -156,6 +171,8 @@ class IpHash:
     def choose(
         self, candidates: Sequence[C], require_room: bool = False, client: str | None = None
     ) -> C | None:
+        """The live worker that owns `client` on the ring, if it is accepting (room
+        or not); round-robin for a connection without a client address."""
         if client is None:
             return self._fallback.choose(candidates, require_room)
         # The ring holds the live slots; a slot that leaves and comes back (restart,

@@ -117,9 +117,11 @@ class WorkerChannel:
 
     @property
     def backlog_bytes(self) -> int:
+        """Bytes of messages queued for a peer that has not read them yet."""
         return self._backlog_bytes
 
     def fileno(self) -> int:
+        """The channel socket's descriptor."""
         return self._sock.fileno()
 
     # --- sending ---------------------------------------------------------------
@@ -335,6 +337,7 @@ class WorkerChannel:
                 raise ChannelClosed("channel closed") from None
 
     def close(self) -> None:
+        """Close this end (waking any task that waits on it); idempotent."""
         if self.closed:
             return
         self.closed = True

@@ -42,6 +42,7 @@ def encode_header_pairs(
 
 
 def has_header(pairs: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    """Whether `pairs` (lowercased names) has a header called `name`."""
     return any(k == name for k, _ in pairs)
 
 
@@ -70,4 +71,5 @@ def reason(status: int) -> bytes:
 
 
 def error_body(status: int) -> bytes:
+    """The plain-text body of an error response rrproxy writes itself: the status and its reason."""
     return b"%d %s\n" % (status, reason(status))

@@ -61,6 +61,9 @@ def asyncio_on_trio(backend: Backend, exc: BaseException) -> bool:
 
 
 def http_scope(connection: HTTPConnection, request: h11.Request, kind: str) -> dict[str, Any]:
+    """The ASGI scope of a request (`kind` is "http" or "websocket"): path and root_path split as
+    uvicorn does, client and scheme from the PROXY header or trusted forwarded headers, the
+    lifespan state copied in."""
     server = connection.server
     config = server.config
     raw_path, _, query = request.target.partition(b"?")
@@ -137,6 +140,8 @@ class HTTPCycle:
         return self._done
 
     async def receive(self) -> Message:
+        """The app's receive(): the next piece of the request body, then http.disconnect once the
+        client has gone (or the response is sent)."""
         connection = self.connection
         if not self.body_done:
             try:
@@ -161,6 +166,8 @@ class HTTPCycle:
         return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
+        """The app's send(): http.response.start, then http.response.body pieces. Raises
+        ProtocolViolation for messages out of order."""
         kind = message["type"]
         if kind == "http.response.start":
             if self.started:
@@ -219,6 +226,8 @@ class ASGIAdapter:
         self.app = app
 
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        """Run the app for one request (or a WebSocket session); True if the connection may carry
+        another request."""
         from .websocket import WebSocketSession, is_websocket_upgrade
 
         if is_websocket_upgrade(request, connection.core.headers):
@@ -299,6 +308,9 @@ class Lifespan:
         self._sent_anything = False
 
     async def startup(self, tasks: TaskGroup, timeout: float) -> None:
+        """Send lifespan.startup and wait up to `timeout` for the app's answer; raises
+        LifespanFailed if the app says it failed or never answers. Apps without lifespan support
+        are skipped."""
         if not self.supported:
             return
         tasks.start_soon(self._run)
@@ -311,6 +323,7 @@ class Lifespan:
             raise LifespanFailed(self._failure)
 
     async def shutdown(self, timeout: float) -> None:
+        """Send lifespan.shutdown and wait up to `timeout` for the app to finish it."""
         if not self.supported or self._failure is not None or self._inbox.closed:
             return
         self._inbox.put({"type": "lifespan.shutdown"})

@@ -48,6 +48,10 @@ BUSY, IDLE, HEAD, BODY = range(4)
 
 
 class HTTPConnection:
+    """One client connection in a worker: reads requests through the I/O-free core, calls the
+    adapter (native, ASGI, WSGI) for each, and writes the answers. Adapters use its public part:
+    core, read_body_chunk, send, send_error, finished, effective_client."""
+
     __slots__ = (
         "_gone",
         "asgi_cycle",
@@ -89,6 +93,8 @@ class HTTPConnection:
     # --- lifetime -------------------------------------------------------------------
 
     async def run(self, transport: Transport) -> None:
+        """Serve requests on `transport` until the client leaves, a timeout passes, an error closes
+        the connection, or the worker drains. Never raises for anything a client does."""
         self.io = transport
         self.client = transport.client
         self.trust_forwarded = self.client is not None and trusted(
@@ -133,9 +139,11 @@ class HTTPConnection:
             self.scope.cancel()
 
     def client_gone(self) -> bool:
+        """Whether the client has closed its side (checked without reading)."""
         return self.io is not None and self.io.client_gone()
 
     def server_address(self) -> tuple[str, int] | None:
+        """The local address the client connected to, or None when the socket cannot say."""
         return self.io.server_address() if self.io is not None else None
 
     # --- reading ---------------------------------------------------------------------
@@ -294,6 +302,7 @@ class HTTPConnection:
     # --- writing --------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
+        """Write `data` to the client (raises ClientDisconnected if it has gone)."""
         assert self.io is not None
         await self.io.send(data)
 

@@ -32,10 +32,16 @@ DISCONNECT_SWEEP_INTERVAL = 0.5
 class Adapter(Protocol):
     """How a request reaches the app: native handler, ASGI app (or WSGI)."""
 
-    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool: ...
+    async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        """Answer `request` on `connection`; True if the connection may carry
+        another request."""
+        ...
 
 
 class WorkerServer:
+    """The worker's connections, counters and drain, whatever loop it runs on and wherever
+    connections come from (handed by the front, or accepted from a shared socket)."""
+
     def __init__(
         self,
         config: WorkerConfig,
@@ -86,6 +92,8 @@ class WorkerServer:
         self._below_cap.set()
 
     def observe(self, status: int, seconds: float) -> None:
+        """Count one response: its status class and its latency in the histogram the front
+        aggregates."""
         statuses = self.statuses
         statuses[status] = statuses.get(status, 0) + 1
         self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -98,11 +106,14 @@ class WorkerServer:
 
     @property
     def connections_active(self) -> int:
+        """Connections open now (started ones included, even before their task runs)."""
         return len(self.connections)
 
     # --- connection bookkeeping ---------------------------------------------------
 
     def connection_opened(self, connection: HTTPConnection) -> None:
+        """Count a new connection; at our share of --max-connections the accept
+        loop pauses."""
         self.connections.add(connection)
         self.connections_total += 1
         if self._all_closed.is_set():
@@ -112,6 +123,7 @@ class WorkerServer:
             self._below_cap = self.backend.event()
 
     def connection_closed(self, connection: HTTPConnection) -> None:
+        """Forget a connection that ended: wakes the drain and the accept loop."""
         self.connections.discard(connection)
         self.load_changed.set()
         if not self.connections:
@@ -129,6 +141,8 @@ class WorkerServer:
     def start_connection(
         self, sock: socket.socket, on_first_read: Callable[[], None] | None = None
     ) -> None:
+        """Serve `sock` as a new connection task; `on_first_read` tells the front it may close its
+        copy once the first bytes are read."""
         assert self._tasks is not None
         connection = HTTPConnection(self)
         # Counted now, not when its task first runs: the accept loop's cap and the

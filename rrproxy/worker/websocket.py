@@ -38,6 +38,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def is_websocket_upgrade(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request asks for a WebSocket (GET with Upgrade: websocket and Connection:
+    upgrade)."""
     upgrade = connection = False
     for name, value in headers:
         if name == b"upgrade" and value.lower() == b"websocket":
@@ -48,6 +50,9 @@ def is_websocket_upgrade(event: h11.Request, headers: list[tuple[bytes, bytes]])
 
 
 class WebSocketSession:
+    """One WebSocket connection for an ASGI app (RFC 6455 through wsproto): the handshake, then
+    frames in both directions, with the message size and ping limits."""
+
     def __init__(self, connection: HTTPConnection, event: h11.Request) -> None:
         self.connection = connection
         self.event = event
@@ -71,6 +76,8 @@ class WebSocketSession:
     # --- the ASGI side -------------------------------------------------------------
 
     async def run(self) -> None:
+        """Run the app for the session: check the handshake request (400 if malformed), answer 101
+        or the app's denial, then move frames until either side closes."""
         headers = dict(self.connection.core.headers)
         if headers.get(b"sec-websocket-version") != b"13" or b"sec-websocket-key" not in headers:
             await self.connection.send_error(400)
@@ -103,6 +110,8 @@ class WebSocketSession:
             self._inbox.close()
 
     async def receive(self) -> dict[str, Any]:
+        """The app's receive(): websocket.connect first, then each message, then
+        websocket.disconnect with its close code."""
         if not self._connect_sent:
             self._connect_sent = True
             return {"type": "websocket.connect"}
@@ -114,6 +123,8 @@ class WebSocketSession:
         return message
 
     async def send(self, message: dict[str, Any]) -> None:
+        """The app's send(): websocket.accept, websocket.send, websocket.close, or a denial response
+        before accepting. Raises ProtocolViolation for messages out of order."""
         kind = message["type"]
         if kind == "websocket.accept":
             if self.accepted or self.denied:

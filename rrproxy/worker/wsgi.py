@@ -67,6 +67,8 @@ class Exchange:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
+        """PEP 3333's start_response, called by the app in its thread; returns the
+        legacy write()."""
         if exc_info is not None:
             with self.lock:
                 if self.head_sent:
@@ -91,6 +93,8 @@ class Exchange:
         return self.write
 
     def write(self, data: bytes) -> None:
+        """The legacy write() callable: hand a body chunk to the loop, waiting while STREAM_AHEAD
+        bytes are not yet sent."""
         if not isinstance(data, bytes | bytearray):
             raise TypeError(f"WSGI body chunks are bytes, got {type(data).__name__}")
         if not self.status:
@@ -107,6 +111,8 @@ class Exchange:
             self._notify_locked()
 
     def run_app(self, app: Callable[..., Any], environ: dict[str, Any]) -> None:
+        """Call the app in a pool thread and pass what it returns to the loop, closing the iterable
+        as PEP 3333 requires."""
         result = None
         try:
             result = app(environ, self.start_response)
@@ -139,6 +145,7 @@ class Exchange:
     # --- on the loop ---------------------------------------------------------------
 
     def cancel(self) -> None:
+        """The client left or the worker stops: a thread waiting to write wakes up and gives up."""
         with self.room:
             self.cancelled = True
             self.room.notify_all()
@@ -288,6 +295,8 @@ class WSGIAdapter:
         return max(self.running.values()) < self.backend.current_time() - after
 
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
+        """Read up to BUFFERED_BODY bytes of the body on the loop, run the app in a pool thread, and
+        write what it produces; True if the connection may go on."""
         parts: list[bytes] = []
         size = 0
         complete = False

@@ -35,6 +35,7 @@ class FileWrapper:
             yield block
 
     def close(self) -> None:
+        """Close the wrapped file (PEP 3333: the server calls close() on the iterable)."""
         close = getattr(self.file, "close", None)
         if close is not None:
             close()
@@ -48,6 +49,7 @@ class WSGIInput(io.RawIOBase):
         self._more = more
 
     def readable(self) -> bool:
+        """Always True: wsgi.input is a readable stream."""
         return True
 
     def _fill(self) -> bool:
@@ -61,6 +63,7 @@ class WSGIInput(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes of the body (all of it when size is -1 or None)."""
         if size is None or size < 0:
             while self._fill():
                 pass
@@ -72,6 +75,7 @@ class WSGIInput(io.RawIOBase):
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
+        """One line of the body, at most `size` bytes."""
         limit = size if size is not None and size >= 0 else None
         while True:
             end = self._buffer.find(b"\n")
@@ -87,6 +91,7 @@ class WSGIInput(io.RawIOBase):
         return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
+        """The remaining lines of the body (stopping after `hint` bytes, if given)."""
         lines: list[bytes] = []
         total = 0
         while True:
@@ -124,6 +129,9 @@ _ERRORS = _ErrorStream()
 def build_environ(
     connection: HTTPConnection, request: h11.Request, body: WSGIInput, threads: int
 ) -> dict[str, Any]:
+    """The PEP 3333 environ for a request: CGI variables, HTTP_* headers (names with underscores
+    dropped, as gunicorn does), wsgi.* keys, and the scheme from TLS or a trusted X-Forwarded-
+    Proto."""
     config = connection.server.config
     raw_path, _, query = request.target.partition(b"?")
     if raw_path[:1] != b"/" and b"://" in raw_path:
