@@ -237,6 +237,7 @@ class WorkerLink:
                 if dispatcher is None:
                     raise Breach("Taken under a policy without handoff")
                 worker.connections_active = active
+                worker.had_clients = True
                 dispatcher.taken(worker, conn_id)
             case Load(active=active):
                 worker.connections_active = active
