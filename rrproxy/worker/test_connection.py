@@ -181,6 +181,55 @@ def test_limits_and_rejections_close_the_connection(
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        CHUNKED + b"zz\r\nxx\r\n",
+    ],
+    ids=["request-line", "header", "version", "conflicting-length", "chunk-size"],
+)
+def test_malformed_requests_get_an_error_and_close(backend: Backend, request_bytes: bytes) -> None:
+    calls: list[str] = []
+
+    async def handler(request: Any) -> Any:
+        calls.append(request.path)
+        await request.body()
+        return "never"
+
+    responses, transport = serve(backend, [request_bytes], handler=handler)
+    assert [s for s, _, _ in responses] in ([400], [505])
+    assert responses[0][1][b"connection"] == b"close"
+    assert transport.closed
+    assert calls in ([], ["/"])  # a bad chunk is found only once the handler reads
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_body_exactly_at_the_limit_is_served(backend: Backend) -> None:
+    post = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"y" * 1000
+    responses, _ = serve(backend, [post, GET], max_body_size=1000)
+    assert [(s, b) for s, _, b in responses] == [(200, b"y" * 1000), (200, b"/a")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_declared_oversize_body_is_refused_before_the_handler_runs(backend: Backend) -> None:
+    calls: list[str] = []
+
+    async def handler(request: Any) -> Any:
+        calls.append(request.path)
+        return "never"
+
+    head = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+    # Only the head, then silence: the 413 must not wait for the body.
+    responses, _ = serve(backend, [head], handler=handler, hold=True, max_body_size=1000)
+    assert [s for s, _, _ in responses] == [413]
+    assert calls == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
 def test_an_idle_connection_is_closed_quietly_and_a_slow_head_gets_408(backend: Backend) -> None:
     responses, transport = serve(backend, [GET], hold=True)
     assert [s for s, _, _ in responses] == [200]  # then the keep-alive expired: no 408
