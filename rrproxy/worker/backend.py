@@ -15,6 +15,7 @@ per connection, not one per wait.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -23,6 +24,18 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
+
+
+class HasFileno(Protocol):
+    """Anything with a file descriptor (a socket): what the loops can wait on."""
+
+    def fileno(self) -> int:
+        """The descriptor."""
+        ...
+
+
+#: A socket or a bare descriptor.
+FileLike = HasFileno | int
 
 class CancelScope(Protocol):
     """A context manager: leaving it early by `cancel()` or by its deadline is
@@ -169,15 +182,15 @@ class Backend(Protocol):
     def is_cancellation(self, exc: BaseException) -> bool:
         """Whether `exc` is the loop's cancellation (trio.Cancelled, CancelledError)."""
 
-    async def wait_readable(self, sock: Any) -> None:
+    async def wait_readable(self, sock: FileLike) -> None:
         """Wait until `sock` (a socket or an fd) has something to read, or an incoming
         connection for a listener. ResourceClosed if notify_closing() ends the wait."""
 
-    async def wait_writable(self, sock: Any) -> None:
+    async def wait_writable(self, sock: FileLike) -> None:
         """Wait until `sock` (a socket or an fd) can take more bytes; ResourceClosed as
         for wait_readable()."""
 
-    def notify_closing(self, sock: Any) -> None:
+    def notify_closing(self, sock: FileLike) -> None:
         """Wake the tasks waiting on `sock` with ResourceClosed: call it before closing
         a socket another task may be waiting on (a waiter woken by a bare close would
         see EBADF, or another connection that took the fd number)."""
@@ -188,7 +201,7 @@ class Backend(Protocol):
 
     async def open_transport(
         self,
-        sock: Any,
+        sock: socket.socket,
         send_timeout: float,
         on_first_read: Callable[[], None] | None = None,
     ) -> Transport:

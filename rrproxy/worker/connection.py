@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h11
 
@@ -25,8 +25,10 @@ from ..protocol.proxy import ProxyHeaderError, forwarded_client, trusted
 from ..protocol.proxy import parse as parse_proxy_header
 
 if TYPE_CHECKING:
+    from .asgi import HTTPCycle
     from .backend import Backend, CancelScope, Transport
     from .server import WorkerServer
+    from .websocket import WebSocketSession
 
 log = logging.getLogger("rrproxy.worker")
 access_log = logging.getLogger("rrproxy.access")
@@ -85,8 +87,8 @@ class HTTPConnection:
         #: (method, target) of the request being answered, for the access log.
         self.request_line: tuple[bytes, bytes] | None = None
         self.requests = 0
-        self.asgi_cycle: Any = None
-        self.websocket: Any = None
+        self.asgi_cycle: HTTPCycle | None = None
+        self.websocket: WebSocketSession | None = None
         self.client: tuple[str, int] | None = None
         self.trust_forwarded = False
 

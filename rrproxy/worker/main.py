@@ -136,7 +136,7 @@ async def _serve(
     async_factory: bool = False,
 ) -> int:
     from .asgi import ASGIAdapter, Lifespan
-    from .server import WorkerServer
+    from .server import Adapter, WorkerServer
     from .worker import Worker
 
     if async_factory:
@@ -156,7 +156,7 @@ async def _serve(
     retire_after = 0
     if config.max_requests > 0:
         retire_after = config.max_requests + random.randint(0, config.max_requests_jitter)
-    adapter: Any = None
+    adapter: Adapter | None = None
     if interface == "asgi":
         adapter = ASGIAdapter(handler)
     elif interface == "wsgi":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..backend import ResourceClosed, Stream, Transport
+from ..backend import FileLike, ResourceClosed, Stream, Transport
 
 T = TypeVar("T")
 
@@ -64,14 +65,14 @@ class TrioBackend:
         return isinstance(exc, trio.Cancelled)
 
     @staticmethod
-    async def wait_readable(sock: Any) -> None:
+    async def wait_readable(sock: FileLike) -> None:
         try:
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
             raise ResourceClosed from None
 
     @staticmethod
-    async def wait_writable(sock: Any) -> None:
+    async def wait_writable(sock: FileLike) -> None:
         try:
             await trio.lowlevel.wait_writable(sock)
         except trio.ClosedResourceError:
@@ -83,7 +84,7 @@ class TrioBackend:
 
     @staticmethod
     async def open_transport(
-        sock: Any, send_timeout: float, on_first_read: Callable[[], None] | None = None
+        sock: socket.socket, send_timeout: float, on_first_read: Callable[[], None] | None = None
     ) -> Transport:
         from .transport import TrioTransport
 
