@@ -26,6 +26,8 @@ INTERVAL = 1.0
 
 
 async def watch(supervisor: Supervisor) -> None:
+    """Check every worker (and sweep expired state) until cancelled, at most every
+    second, more often with a short --timeout."""
     config = supervisor.config
     timeout = config.timeout
     interval = INTERVAL if timeout <= 0 else min(INTERVAL, timeout / 4)
@@ -37,6 +39,8 @@ async def watch(supervisor: Supervisor) -> None:
 
 
 def check(supervisor: Supervisor, worker: WorkerProcess) -> None:
+    """One worker's health: membership and memory if ready; a stopped process, a
+    missing heartbeat or an unread channel if ready or draining (killed then)."""
     config = supervisor.config
     if worker.state is WorkerState.READY:
         _check_membership(supervisor, worker)
@@ -61,7 +65,7 @@ def check(supervisor: Supervisor, worker: WorkerProcess) -> None:
         )
         log.error(
             "worker %d (pid %d) is unresponsive: it %s (--timeout %g); killing it",
-            worker.slot,
+            worker.slot_id,
             worker.pid,
             what,
             timeout,
@@ -74,10 +78,10 @@ def _check_membership(supervisor: Supervisor, worker: WorkerProcess) -> None:
     """A ready worker is its slot's current one or the replacement being started;
     anything else is a stray that would serve outside supervision (a race the slot
     logic should prevent: this makes sure it cannot last)."""
-    slot = supervisor.slots.get(worker.slot)
+    slot = supervisor.slots.get(worker.slot_id)
     if slot is not None and worker in (slot.current, slot.incoming):
         return
-    log.error("worker %d (pid %d) belongs to no slot; stopping it", worker.slot, worker.pid)
+    log.error("worker %d (pid %d) belongs to no slot; stopping it", worker.slot_id, worker.pid)
     supervisor.stop_worker(worker)
 
 
@@ -86,7 +90,7 @@ def _check_memory(supervisor: Supervisor, worker: WorkerProcess) -> None:
     if not max_memory:
         return
     rss = worker.rss_bytes()
-    slot = supervisor.slots.get(worker.slot)
+    slot = supervisor.slots.get(worker.slot_id)
     if rss is not None and rss > max_memory and slot and slot.current is worker:
         supervisor.recycle(
             slot,
@@ -107,7 +111,7 @@ def _check_stopped(supervisor: Supervisor, worker: WorkerProcess) -> None:
     log.error(
         "worker %d (pid %d) is stopped with %d connection(s) waiting for it for %.1f s "
         "(--handoff-timeout %g); killing it, they go to another worker",
-        worker.slot,
+        worker.slot_id,
         worker.pid,
         len(worker.unacked),
         worker.oldest_unacked_age(),

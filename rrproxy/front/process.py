@@ -13,7 +13,7 @@ import trio
 
 from ..ipc.channel import ChannelClosed, QueueFull, WorkerChannel
 from ..ipc.messages import Message
-from .forkserver import ForkedProcess
+from .spawner import ChildProcess
 
 #: Handoffs a worker may leave unanswered before round-robin prefers others. A
 #: worker answers once it has read from a connection, so a blocked loop fills this.
@@ -33,6 +33,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class WorkerState(enum.Enum):
+    """Where a worker process is in its life; only READY ones get connections."""
+
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
@@ -56,14 +58,17 @@ class PendingConn:
 
 
 class WorkerProcess:
+    """One worker process of a slot: its channel, state and last reported counts.
+    This is what the policies choose from (their `Candidate`)."""
+
     def __init__(
         self,
-        slot: int,
-        process: trio.Process | ForkedProcess,
+        slot_id: int,
+        process: ChildProcess,
         channel: WorkerChannel,
         limit_concurrency: int | None = None,
     ) -> None:
-        self.slot = slot
+        self.slot_id = slot_id
         self.limit_concurrency = limit_concurrency
         self.process = process
         self.channel = channel
@@ -98,7 +103,14 @@ class WorkerProcess:
         self.last_heard = trio.current_time()
 
     @property
+    def slot(self) -> int:
+        """The slot id, under the name the policy interface gives it (policies.py's
+        Candidate, documented for custom policies in the README)."""
+        return self.slot_id
+
+    @property
     def accepting(self) -> bool:
+        """It may be handed a connection now: ready, reading its channel, not paused."""
         if self.paused_until and trio.current_time() < self.paused_until:
             return False
         return (
@@ -119,6 +131,7 @@ class WorkerProcess:
 
     @property
     def stalled(self) -> bool:
+        """It holds unanswered handoffs and has said nothing for STALL_AFTER."""
         return bool(self.unacked) and trio.current_time() - self.last_heard > STALL_AFTER
 
     def post(self, message: Message, force: bool = False) -> bool:
@@ -146,6 +159,7 @@ class WorkerProcess:
 
     @property
     def has_room(self) -> bool:
+        """Accepting, under the soft handoff window and under --limit-concurrency."""
         unacked = len(self.unacked)
         if not self.accepting or unacked >= SOFT_WINDOW:
             return False
@@ -158,6 +172,7 @@ class WorkerProcess:
         return self.connections_active + len(self.unacked)
 
     def mark_channel_full(self, full: bool) -> None:
+        """The channel has (or no longer has) room; remembers since when it has not."""
         self.channel_full = full
         if not full:
             self.channel_full_since = None
@@ -166,6 +181,7 @@ class WorkerProcess:
 
     @property
     def request_rate(self) -> float:
+        """Requests per second over its last few reports."""
         samples = self.rate_samples
         if len(samples) < 2:
             return 0.0
@@ -200,6 +216,7 @@ class WorkerProcess:
                 pass
 
     def describe_exit(self) -> str:
+        """How the process ended, for logs and /status: "exit code 1", "signal SIGKILL"."""
         code = self.process.returncode
         if code is None:
             return "still running"
@@ -211,7 +228,7 @@ class WorkerProcess:
         return f"exit code {code}"
 
     def __repr__(self) -> str:
-        return f"<worker {self.slot} pid {self.pid} {self.state.value}>"
+        return f"<worker {self.slot_id} pid {self.pid} {self.state.value}>"
 
 
 @dataclass(eq=False)
@@ -236,7 +253,7 @@ class Slot:
     #: One of the slot's workers has been ready (boot waits for every slot's first).
     ever_ready: bool = False
     #: Workers of this slot that died before they served anyone, in a row (see
-    #: supervisor.CRASH_LOOP_AFTER).
+    #: backoff.CRASH_LOOP_AFTER).
     crashes: int = 0
     #: Seconds the slot waits before its next start, while it is backing off.
     backoff: float = 0.0
@@ -267,4 +284,3 @@ class Slot:
                 self.past_latency_counts[i] += count
         self.past_latency_sum += worker.latency_sum
         self.past_cpu_seconds += worker.last_cpu_seconds
-

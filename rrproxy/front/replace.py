@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .process import Slot
+from .process import Slot, WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -25,11 +25,38 @@ log = logging.getLogger("rrproxy.front")
 
 
 class Replacer:
+    """Replaces the supervisor's workers: one slot at a time (recycle), or all of them
+    in batches (reload)."""
+
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.reloading = False
 
+    def retire(self, worker: WorkerProcess, reason: str) -> None:
+        """A worker asked to be replaced (request limit) or broke the protocol: recycle
+        its slot, if it is still the slot's ready worker."""
+        slot = self.supervisor.slots.get(worker.slot_id)
+        if slot is None or slot.current is not worker or worker.state is not WorkerState.READY:
+            return
+        self.recycle(slot, reason)
+
+    def unread(self, worker: WorkerProcess) -> None:
+        """The worker leaves its channel unread: its messages are being dropped. Said and
+        acted on once per process."""
+        if worker.dropped_messages != 1:
+            return
+        log.error(
+            "worker %d (pid %d) leaves its messages unread (%d bytes queued); messages to "
+            "it are dropped and it is being replaced",
+            worker.slot_id,
+            worker.pid,
+            worker.channel.backlog_bytes,
+        )
+        self.retire(worker, "it does not read its messages")
+
     def recycle(self, slot: Slot, reason: str) -> None:
+        """Replace the slot's worker in the background, unless the slot is going away;
+        one asked for during a replacement follows it."""
         supervisor = self.supervisor
         if supervisor.stopping or slot.removed:
             return

@@ -35,10 +35,14 @@ _WORKER_ID = re.compile(r"[1-9][0-9]{0,5}")
 
 
 def valid_destination(to: str) -> bool:
+    """A UserMessage's `to` that can be routed: "front", "all" or a worker id."""
     return to in ("front", "all") or _WORKER_ID.fullmatch(to) is not None
 
 
 class Router:
+    """Sends to workers without ever waiting, routes their messages to each other and
+    runs their state operations on the memory store."""
+
     def __init__(
         self,
         workers: Callable[[], list[WorkerProcess]],
@@ -81,10 +85,13 @@ class Router:
         error = ""
         if to == "front":
             log.info(
-                "message from worker %d (pid %d): %.500r", worker.slot, worker.pid, message.payload
+                "message from worker %d (pid %d): %.500r",
+                worker.slot_id,
+                worker.pid,
+                message.payload,
             )
         else:
-            outgoing = UserMessage(message.payload, to, worker.slot)
+            outgoing = UserMessage(message.payload, to, worker.slot_id)
             if to == "all":
                 targets = [w for w in self._workers() if w.state is WorkerState.READY]
             else:
@@ -95,10 +102,10 @@ class Router:
                     error = f"worker {to} is not running"
             missed = self.send_all(outgoing, targets)
             if missed:
-                ids = ", ".join(str(w.slot) for w in missed)
+                ids = ", ".join(str(w.slot_id) for w in missed)
                 error = f"not delivered to worker {ids}: it does not read its messages"
             if error:
-                log.warning("message from worker %d dropped: %s", worker.slot, error)
+                log.warning("message from worker %d dropped: %s", worker.slot_id, error)
         if message.request_id:
             self.post(worker, Reply(message.request_id, not error, None, error))
 
@@ -112,9 +119,11 @@ class Router:
         self.post(worker, reply)
 
     def announce_count(self, count: int) -> None:
+        """Tell every worker how many there are now (rrproxy.cluster.worker_count)."""
         self.send_all(ClusterInfo(count))
 
     def reopen_logs(self) -> None:
+        """SIGUSR1: every worker reopens its log file (after logrotate moved it)."""
         self.send_all(ReopenLogs())
 
     async def poll(self, timeout: float = 0.5) -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Protocol
 
 import trio
 
@@ -30,7 +31,29 @@ class BootError(Exception):
     """A worker could not start during the initial boot: rrproxy exits 2."""
 
 
+class ChildProcess(Protocol):
+    """A worker process as the front handles it: trio.Process, ForkedProcess, or a
+    test's fake."""
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; then its exit code, or minus the signal that ended it."""
+
+    async def wait(self) -> int:
+        """Wait until it has exited and been reaped; its returncode."""
+
+    def send_signal(self, sig: int, /) -> None:
+        """Signal it, if it is still there."""
+
+
 class Spawner:
+    """Starts worker processes for the supervisor (which can be given another, such
+    as a test's fake, in its place)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         #: The zygote new workers are forked from (--fork-server), while it is up.
@@ -39,6 +62,7 @@ class Spawner:
         self.nursery: trio.Nursery | None = None
 
     def environment(self) -> dict[str, str]:
+        """The workers' environment: ours without the secrets, plus --env-file."""
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         for key, value in self.config.env:  # --env-file
             # Variables already set win, as with uvicorn --env-file (python-dotenv's
@@ -46,7 +70,7 @@ class Spawner:
             env.setdefault(key, value)
         return env
 
-    async def spawn(self, slot_id: int, worker_end: socket.socket) -> trio.Process | ForkedProcess:
+    async def spawn(self, slot_id: int, worker_end: socket.socket) -> ChildProcess:
         """A worker process for the slot, holding `worker_end` (the caller closes its own
         copy). OSError if no process could be started at all."""
         env = self.environment()
@@ -126,7 +150,7 @@ class Spawner:
         if server is not self.fork_server and server.children == 0:
             server.close()
 
-    def exited(self, process: trio.Process | ForkedProcess) -> None:
+    def exited(self, process: ChildProcess) -> None:
         """A worker process has been waited for."""
         if isinstance(process, ForkedProcess) and process.zygote is not None:
             self._retire(process.zygote)

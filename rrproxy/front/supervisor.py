@@ -4,9 +4,9 @@ while it is being replaced).
 It spawns fresh interpreters (never a fork of the running trio front), restarts
 workers that exit (with exponential backoff per slot), scales, and stops them
 gracefully. Replacing workers without dropping a request lives in `replace.py`,
-health checks in `health.py`, messages in `routing.py`. The front is the single
-source of truth for which workers exist and in which state; workers report, the
-supervisor decides.
+health checks in `health.py`, messages in `routing.py`, the restart rule (backoff,
+crash-looping, giving up) in `backoff.py`. The front is the single source of truth
+for which workers exist and in which state; workers report, the supervisor decides.
 
 Each worker process is owned by one task (`_run_worker`): it runs the process's
 link and the flusher of its channel, so anything that goes wrong with one worker
@@ -25,7 +25,8 @@ from ..config import Config
 from ..ipc.channel import WorkerChannel, socketpair
 from ..ipc.messages import Stop
 from ..state.memory import MemoryStore
-from . import health
+from . import backoff, health
+from .backoff import RestartStorm
 from .dispatcher import Dispatcher
 from .link import WorkerLink
 from .process import Slot, WorkerProcess, WorkerState
@@ -33,44 +34,25 @@ from .replace import Replacer
 from .routing import Router
 from .spawner import BootError, Spawner
 
+__all__ = ["RestartStorm", "Supervisor"]  # run() raises RestartStorm: main.py catches it
+
 log = logging.getLogger("rrproxy.front")
 
-BACKOFF_INITIAL = 0.1
-BACKOFF_MAX = 10.0
-#: A worker that stayed up this long resets its slot's backoff.
-BACKOFF_RESET_AFTER = 30.0
-#: A worker that dies before it is ready, or within EARLY_DEATH of it before any
-#: client reached it, "could not stay up". A slot whose workers do so this many times
-#: in a row is crash-looping: it keeps retrying (backing off up to BACKOFF_MAX) and is
-#: reported. rrproxy exits (status 3) only when every slot is crash-looping. A worker
-#: that served a client and died (a request that crashes it, a kill, OOM) proves the
-#: code runs: that never counts, so no client can stop the server by crashing
-#: workers. (systemd's and PM2's restart limits are per unit/app in the same way.)
-CRASH_LOOP_AFTER = 5
-EARLY_DEATH = 5.0
 #: Bytes of messages the front queues for a worker that does not read its channel;
 #: beyond that its messages are dropped and it is replaced.
 CHANNEL_BACKLOG = 4 * 1024 * 1024
 
 
-def _proved_itself(worker: WorkerProcess, now: float) -> bool:
-    """The worker got to serve: a client reached it, or it stayed up EARLY_DEATH."""
-    if not worker.ever_ready or worker.ready_at is None:
-        return False
-    return worker.had_clients or now - worker.ready_at >= EARLY_DEATH
-
-
-class RestartStorm(Exception):
-    """No slot can keep a worker up: rrproxy exits 3."""
-
-
 class Supervisor:
+    """The worker slots and their processes: the single owner of every worker."""
+
     def __init__(
         self,
         config: Config,
         listeners: list[socket.socket],
         dispatcher: Dispatcher | None,
         announce: Callable[[str], None] = print,
+        spawner: Spawner | None = None,
     ) -> None:
         self.config = config
         #: Listening sockets the workers accept from themselves (none, reuseport).
@@ -82,25 +64,28 @@ class Supervisor:
         self.workers: list[WorkerProcess] = []
         self.stopping = False
         self._nursery: trio.Nursery | None = None
-        #: Starts worker processes: fresh interpreters, or forks of a zygote.
-        self.spawner = Spawner(config)
+        #: Starts worker processes: fresh interpreters, or forks of a zygote (tests
+        #: pass a fake one).
+        self.spawner = Spawner(config) if spawner is None else spawner
         self._booted = trio.Event()
         self._boot_error: BootError | None = None
         self._all_exited = trio.Event()
         #: `--state memory`: the shared state lives here, so it outlives workers.
         self.state_store = MemoryStore(trio.current_time, config.state_max_memory)
-        self.router = Router(
-            lambda: self.workers, lambda: self.slots, self._channel_overflow, self.state_store
-        )
         self.replacer = Replacer(self)
+        self.router = Router(
+            lambda: self.workers, lambda: self.slots, self.replacer.unread, self.state_store
+        )
 
     @property
     def nursery(self) -> trio.Nursery:
+        """Where the slots' and workers' tasks run (only while run() runs)."""
         assert self._nursery is not None, "the supervisor is not running"
         return self._nursery
 
     @property
     def reloading(self) -> bool:
+        """A rolling reload is under way."""
         return self.replacer.reloading
 
     # --- running -------------------------------------------------------------------
@@ -132,6 +117,7 @@ class Supervisor:
         return True
 
     def recycle(self, slot: Slot, reason: str) -> None:
+        """Replace the slot's worker (a new one first, then the old one drains)."""
         self.replacer.recycle(slot, reason)
 
     def _add_slot(self, slot_id: int, booting: bool = False) -> Slot:
@@ -161,7 +147,10 @@ class Supervisor:
                     continue
                 worker = await self.start_worker(slot)
                 if worker is None:  # could not even spawn a process
-                    self._schedule_restart(slot, 0.0)
+                    now = trio.current_time()
+                    self._back_off(
+                        slot, backoff.after_spawn_failure(slot.crashes, slot.backoff, now)
+                    )
                     continue
                 slot.current = worker
             await worker.exited.wait()
@@ -183,14 +172,12 @@ class Supervisor:
             del self.slots[slot.id]
 
     def _worker_died(self, slot: Slot, worker: WorkerProcess) -> None:
+        """The slot's current worker exited: back off, then restart; give up (raise
+        RestartStorm) only if now every slot is crash-looping."""
         now = trio.current_time()
-        up_for = now - worker.ready_at if worker.ready_at else 0.0
+        restart = backoff.after_death(slot.crashes, slot.backoff, worker, now)
         slot.restarts += 1
-        if _proved_itself(worker, now):
-            slot.crashes = 0
-        else:
-            slot.crashes += 1
-        self._schedule_restart(slot, up_for)
+        self._back_off(slot, restart)
         log.warning(
             "worker %d (pid %d) %s (%s); restart %d in %.1f s",
             slot.id,
@@ -200,37 +187,26 @@ class Supervisor:
             slot.restarts,
             slot.backoff,
         )
-        if slot.crashes == CRASH_LOOP_AFTER:
+        if restart.starts_looping:
             log.error(
                 "worker %d cannot stay up (%d deaths in a row before it served anyone: %s); "
                 "it keeps retrying every %g s at most while the other workers serve",
                 slot.id,
                 slot.crashes,
                 slot.last_exit,
-                BACKOFF_MAX,
+                backoff.BACKOFF_MAX,
             )
         live = [s for s in self.slots.values() if not s.removed]
-        if live and all(self.crash_looping(s) for s in live):
-            raise RestartStorm(
-                "no worker can stay up: workers keep dying right after they start (each of "
-                f"the {len(live)} slots, {CRASH_LOOP_AFTER} times in a row); "
-                f"last: {slot.last_exit}"
-            )
+        if backoff.restart_storm(((s.crashes, s.current) for s in live), now):
+            raise RestartStorm(len(live), slot.last_exit)
 
     def crash_looping(self, slot: Slot) -> bool:
-        """The slot's workers keep dying before they serve anyone, and the one it has
-        now (if any) has not proved otherwise yet."""
-        if slot.crashes < CRASH_LOOP_AFTER:
-            return False
-        current = slot.current
-        return current is None or not _proved_itself(current, trio.current_time())
+        """The slot's workers keep dying before they serve anyone (backoff.py's rule)."""
+        return backoff.crash_looping(slot.crashes, slot.current, trio.current_time())
 
     @staticmethod
-    def _schedule_restart(slot: Slot, up_for: float) -> None:
-        if up_for >= BACKOFF_RESET_AFTER:
-            slot.backoff = 0.0
-        slot.backoff = min(slot.backoff * 2, BACKOFF_MAX) if slot.backoff else BACKOFF_INITIAL
-        slot.restart_at = trio.current_time() + slot.backoff
+    def _back_off(slot: Slot, restart: backoff.Restart) -> None:
+        slot.crashes, slot.backoff, slot.restart_at = restart.crashes, restart.delay, restart.at
 
     def _check_booted(self) -> None:
         """Boot is complete once every slot still wanted has had a ready worker (a
@@ -252,14 +228,14 @@ class Supervisor:
         worker.last_heard = worker.ready_at = trio.current_time()
         worker.ever_ready = True
         worker.ready.set()
-        slot = self.slots.get(worker.slot)
+        slot = self.slots.get(worker.slot_id)
         if slot is not None:
             slot.ever_ready = True
         if not self._booted.is_set():
-            self.announce(f"rrproxy: worker {worker.slot} ready (pid {worker.pid})")
+            self.announce(f"rrproxy: worker {worker.slot_id} ready (pid {worker.pid})")
             self._check_booted()
         else:
-            log.info("worker %d ready (pid %d)", worker.slot, worker.pid)
+            log.info("worker %d ready (pid %d)", worker.slot_id, worker.pid)
         if self.dispatcher is not None:
             self.dispatcher.pump()
 
@@ -280,7 +256,7 @@ class Supervisor:
         channel = WorkerChannel(front_end, accepts_fds=False, max_backlog=CHANNEL_BACKLOG)
         worker = WorkerProcess(slot.id, process, channel, self.config.worker.limit_concurrency)
         self.workers.append(worker)
-        self.workers.sort(key=lambda w: w.slot)
+        self.workers.sort(key=lambda w: w.slot_id)
         slot.processes.append(worker)
         self.nursery.start_soon(self._run_worker, worker, slot)
         if self.stopping:
@@ -296,7 +272,7 @@ class Supervisor:
             self.listeners,
             self.dispatcher,
             on_ready=self._worker_ready,
-            on_retire=self._on_retire,
+            on_retire=self.replacer.retire,
             on_user_message=self.router.on_user_message,
             on_state_request=self.router.on_state_request,
             quiet_failures=lambda: not self._booted.is_set(),
@@ -341,33 +317,15 @@ class Supervisor:
         timeout = self.config.worker.graceful_timeout if timeout is None else timeout
         worker.post(Stop(timeout), force=True)
 
-    def _on_retire(self, worker: WorkerProcess, reason: str) -> None:
-        """A worker asked to be replaced (request limit) or broke the protocol."""
-        slot = self.slots.get(worker.slot)
-        if slot is None or slot.current is not worker or worker.state is not WorkerState.READY:
-            return
-        self.recycle(slot, reason)
-
-    def _channel_overflow(self, worker: WorkerProcess) -> None:
-        """The worker leaves its channel unread: its messages are being dropped."""
-        if worker.dropped_messages != 1:
-            return  # said once per process
-        log.error(
-            "worker %d (pid %d) leaves its messages unread (%d bytes queued); messages to "
-            "it are dropped and it is being replaced",
-            worker.slot,
-            worker.pid,
-            worker.channel.backlog_bytes,
-        )
-        self._on_retire(worker, "it does not read its messages")
-
     # --- scaling ---------------------------------------------------------------------------
 
     @property
     def worker_count(self) -> int:
+        """Slots wanted (not scaled away), whatever their workers are doing."""
         return sum(1 for slot in self.slots.values() if not slot.removed)
 
     def scale_up(self) -> None:
+        """One slot more, with the lowest free id."""
         if self.stopping:
             return
         slot_id = 1
@@ -378,6 +336,7 @@ class Supervisor:
         self.router.announce_count(self.worker_count)
 
     def scale_down(self) -> None:
+        """One slot fewer (never below 1): its worker drains and the slot ends."""
         live = sorted(s.id for s in self.slots.values() if not s.removed)
         if len(live) <= 1:
             log.warning("scaling down: already at 1 worker")
@@ -397,6 +356,7 @@ class Supervisor:
         self.router.announce_count(self.worker_count)
 
     def scale_to(self, count: int) -> None:
+        """Scale up or down to `count` slots (at least 1)."""
         while self.worker_count < count:
             self.scale_up()
         while self.worker_count > max(count, 1):
@@ -417,13 +377,14 @@ class Supervisor:
             await self._all_exited.wait()
         for worker in list(self.workers):
             log.warning(
-                "worker %d (pid %d) did not stop in time; killing it", worker.slot, worker.pid
+                "worker %d (pid %d) did not stop in time; killing it", worker.slot_id, worker.pid
             )
             worker.kill()
         await self._all_exited.wait()
         self.spawner.close()
 
     def kill_all(self) -> None:
+        """SIGKILL every worker at once (a second SIGINT: stop now, no draining)."""
         self.stopping = True
         for worker in list(self.workers):
             worker.kill()
