@@ -1,0 +1,530 @@
+"""The Redis backend without Redis: the URL, the RESP encoding and the value codec on
+plain bytes, and RedisBackend over fake streams (a tiny in-memory Redis that records
+every command) on trio's mock clock. The real server is tests/e2e/test_state_redis.py."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import hiredis
+import pytest
+import trio
+import trio.testing
+
+from ..worker.backend import Stream
+from ..worker.trio.backend import TrioBackend
+from .backend import StateError, StateUnavailable
+from .redis import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    CONNECT_TIMEOUT,
+    POOL_SIZE,
+    RedisBackend,
+    _command,
+    _from_redis,
+    _to_redis,
+    parse_url,
+)
+
+# --- parse_url ----------------------------------------------------------------------------
+
+
+def test_parse_url_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RRPROXY_REDIS_PASSWORD", raising=False)
+    assert parse_url("redis://") == {
+        "host": "127.0.0.1",
+        "port": 6379,
+        "db": 0,
+        "password": None,
+        "username": None,
+        "tls": False,
+    }
+    assert parse_url("redis://cache/")["db"] == 0
+
+
+def test_parse_url_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RRPROXY_REDIS_PASSWORD", "from-env")
+    options = parse_url("rediss://app%3Auser:p%40ss%2Fw@redis.example:7000/3")
+    assert options == {
+        "host": "redis.example",
+        "port": 7000,
+        "db": 3,
+        "password": "p@ss/w",  # the URL's wins over the environment's
+        "username": "app:user",
+        "tls": True,
+    }
+    assert parse_url("redis://[::1]:6380/1")["host"] == "::1"
+    assert parse_url("redis://h:1/2")["password"] == "from-env"
+    assert parse_url("redis://:secret@h")["password"] == "secret"
+    assert parse_url("redis://:secret@h")["username"] is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memory", "--state must be memory or redis://host:port/db, got 'memory'"),
+        ("http://h:6379/0", "--state must be memory or redis://host:port/db, got 'http://h"),
+        ("redis://h/zero", "--state redis://h/zero: the database must be a number"),
+        ("redis://h/1/2", "--state redis://h/1/2: the database must be a number"),
+        ("redis://h/-1", "--state redis://h/-1: the database must be a number"),
+    ],
+)
+def test_parse_url_refuses(url: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_url(url)
+    assert str(caught.value).startswith(message)
+
+
+# --- RESP and the value codec ----------------------------------------------------------------
+
+
+def test_command_is_a_resp_array_of_bulk_strings() -> None:
+    assert _command("GET", "k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert _command("SET", "k", b"\x00\r\n", "PX", 1500) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\x00\r\n\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
+    )
+    assert _command("GET", "") == b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n"
+    # Lengths are in bytes, not characters.
+    assert _command("GET", "caf\u00e9") == b"*2\r\n$3\r\nGET\r\n$5\r\ncaf\xc3\xa9\r\n"
+
+
+def test_command_parses_back() -> None:
+    reader = hiredis.Reader()
+    reader.feed(_command("INCRBY", "n:\u00e9", -3) + _command("SET", "b", b"\xff" * 1000))
+    assert reader.gets() == [b"INCRBY", "n:\u00e9".encode(), b"-3"]
+    assert reader.gets() == [b"SET", b"b", b"\xff" * 1000]
+    assert reader.gets() is False
+
+
+def j(value: object) -> dict[str, object]:
+    return {"t": "json", "v": value}
+
+
+@pytest.mark.parametrize(
+    ("tagged", "stored"),
+    [
+        (j(42), b"42"),
+        (j(-7), b"-7"),
+        (j(0), b"0"),
+        (j(2**70), str(2**70).encode()),
+        (j(True), b"jtrue"),  # a bool is no counter
+        (j(1.5), b"j1.5"),
+        (j("42"), b'j"42"'),
+        (j(None), b"jnull"),
+        (j({"user": 7, "tags": ["a"]}), b'j{"user":7,"tags":["a"]}'),
+        (j("caf\u00e9"), b'j"caf\\u00e9"'),
+        ({"t": "bytes", "v": "AP8="}, b"b\x00\xff"),
+        ({"t": "bytes", "v": ""}, b"b"),
+    ],
+)
+def test_values_round_trip(tagged: dict[str, Any], stored: bytes) -> None:
+    assert _to_redis(tagged) == stored
+    assert _from_redis(stored) == tagged
+
+
+def test_missing_values_are_none() -> None:
+    assert _from_redis(None) is None
+
+
+@pytest.mark.parametrize("raw", [b"", b"hello", b"1.5", b"x42", b"\xff"])
+def test_values_not_in_rrproxys_format_are_refused(raw: bytes) -> None:
+    with pytest.raises(StateError, match="the stored value is not in rrproxy's format"):
+        _from_redis(raw)
+
+
+def test_a_bad_json_value_is_not_silently_accepted() -> None:
+    with pytest.raises(ValueError):
+        _from_redis(b"j{broken")
+
+
+# --- a fake Redis ----------------------------------------------------------------------------
+
+
+def _bulk(value: bytes | None) -> bytes:
+    return b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class FakeRedis:
+    """Commands in, RESP out, and a log of every command per connection."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.commands: list[list[bytes]] = []
+        self.connects = 0
+        self.streams: list[FakeStream] = []
+        #: Why the next connection attempts fail (an exception to raise), if they do.
+        self.refuse: Exception | None = None
+        #: Seconds each reply takes.
+        self.delay = 0.0
+        #: Answer nothing at all (a hung server).
+        self.silent = False
+        #: Deliver replies this many bytes at a time.
+        self.chunk = 65536
+        self.password: bytes | None = None
+
+    def answer(self, command: list[bytes]) -> bytes:
+        self.commands.append(command)
+        name, *args = command
+        if name == b"AUTH":
+            if self.password is not None and args[-1] != self.password:
+                return b"-WRONGPASS invalid username-password pair\r\n"
+            return b"+OK\r\n"
+        if name == b"SELECT":
+            return b"+OK\r\n"
+        if name == b"GET":
+            return _bulk(self.data.get(args[0]))
+        if name == b"SET":
+            self.data[args[0]] = args[1]
+            return b"+OK\r\n"
+        if name == b"DEL":
+            return b":%d\r\n" % (self.data.pop(args[0], None) is not None)
+        if name == b"INCRBY":
+            try:
+                value = int(self.data.get(args[0], b"0")) + int(args[1])
+            except ValueError:
+                return b"-ERR value is not an integer or out of range\r\n"
+            self.data[args[0]] = b"%d" % value
+            return b":%d\r\n" % value
+        if name == b"PEXPIRE":
+            return b":%d\r\n" % (args[0] in self.data)
+        if name == b"GARBAGE":
+            return b"!nonsense\r\n"
+        return b"-ERR unknown command\r\n"
+
+    def sent(self) -> list[list[bytes]]:
+        """The commands since the last call."""
+        commands, self.commands = self.commands, []
+        return commands
+
+
+class FakeStream:
+    def __init__(self, server: FakeRedis) -> None:
+        self.server = server
+        self.reader = hiredis.Reader()
+        self.outbox = bytearray()
+        self.closed = False
+        #: The server side went away (a Redis restart): reads give EOF.
+        self.dropped = False
+
+    async def send_all(self, data: bytes) -> None:
+        if self.closed or self.dropped:
+            raise trio.BrokenResourceError("gone")
+        self.reader.feed(data)
+        while (command := self.reader.gets()) is not False:
+            self.outbox += self.server.answer(command)
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        if self.dropped:
+            return b""
+        if self.server.silent:
+            await trio.sleep_forever()
+        if self.server.delay:
+            await trio.sleep(self.server.delay)
+        size = min(max_bytes, self.server.chunk)
+        data, self.outbox = bytes(self.outbox[:size]), self.outbox[size:]
+        assert data, "the client read with no reply on its way"
+        return data
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeBackend(TrioBackend):
+    """The trio driver, with TCP connections to the FakeRedis."""
+
+    def __init__(self, server: FakeRedis) -> None:
+        self.server = server
+        self.opened: list[tuple[str, int, str | None]] = []
+
+    async def open_tcp_stream(  # type: ignore[override]
+        self, host: str, port: int, tls_hostname: str | None = None
+    ) -> Stream:
+        server = self.server
+        server.connects += 1
+        self.opened.append((host, port, tls_hostname))
+        if server.refuse is not None:
+            raise server.refuse
+        if server.silent:
+            await trio.sleep_forever()
+        stream = FakeStream(server)
+        server.streams.append(stream)
+        return stream
+
+
+def client(url: str = "redis://cache:6379/0") -> tuple[RedisBackend, FakeRedis, FakeBackend]:
+    server = FakeRedis()
+    backend = FakeBackend(server)
+    return RedisBackend(url, backend), server, backend
+
+
+# --- RedisBackend ------------------------------------------------------------------------------
+
+
+async def test_each_operation_sends_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RRPROXY_REDIS_PASSWORD", raising=False)
+    redis, server, backend = client()
+    assert await redis.request("set", "k", j({"a": 1})) is True
+    assert await redis.request("set", "t", j("x"), ttl=1.5) is True
+    assert await redis.request("set", "tiny", j(1), ttl=0.0001) is True
+    assert await redis.request("get", "k") == j({"a": 1})
+    assert await redis.request("get", "missing") is None
+    assert await redis.request("incr", "n", 5) == 5
+    assert await redis.request("incr", "n", -2) == 3
+    assert await redis.request("get", "n") == j(3)
+    assert await redis.request("expire", "k", ttl=2) is True
+    assert await redis.request("expire", "missing", ttl=0) is False
+    assert await redis.request("delete", "k") is True
+    assert await redis.request("delete", "k") is False
+    assert server.sent() == [
+        [b"SET", b"k", b'j{"a":1}'],
+        [b"SET", b"t", b'j"x"', b"PX", b"1500"],
+        [b"SET", b"tiny", b"1", b"PX", b"1"],  # never 0 (Redis refuses it)
+        [b"GET", b"k"],
+        [b"GET", b"missing"],
+        [b"INCRBY", b"n", b"5"],
+        [b"INCRBY", b"n", b"-2"],
+        [b"GET", b"n"],
+        [b"PEXPIRE", b"k", b"2000"],
+        [b"PEXPIRE", b"missing", b"1"],
+        [b"DEL", b"k"],
+        [b"DEL", b"k"],
+    ]
+    assert backend.opened == [("cache", 6379, None)]
+
+
+async def test_sequential_calls_reuse_one_connection() -> None:
+    redis, server, _ = client()
+    for i in range(20):
+        await redis.request("set", f"k{i}", j(i))
+    assert server.connects == 1
+
+
+async def test_replies_arriving_in_pieces_are_put_together() -> None:
+    redis, server, _ = client()
+    server.chunk = 1
+    value = j({"text": "x" * 300})
+    await redis.request("set", "k", value)
+    assert await redis.request("get", "k") == value
+
+
+async def test_auth_and_select_on_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RRPROXY_REDIS_PASSWORD", raising=False)
+    redis, server, backend = client("rediss://app:pw@cache:7000/2")
+    await redis.request("get", "k")
+    await redis.request("get", "k")
+    assert server.sent() == [
+        [b"AUTH", b"app", b"pw"],
+        [b"SELECT", b"2"],
+        [b"GET", b"k"],
+        [b"GET", b"k"],
+    ]
+    assert backend.opened == [("cache", 7000, "cache")]  # TLS, checked against the host
+    redis, server, _ = client("redis://:pw@cache")
+    await redis.request("get", "k")
+    assert server.sent() == [[b"AUTH", b"pw"], [b"GET", b"k"]]
+
+
+async def test_a_refused_password_is_a_state_error() -> None:
+    redis, server, _ = client("redis://:wrong@cache")
+    server.password = b"right"
+    with pytest.raises(StateError, match="redis: WRONGPASS"):
+        await redis.request("get", "k")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RedisBackend._execute_pooled: when AUTH or SELECT fails in _connect, the "
+    "stream it opened is never closed (the except clause only closes `connection`, "
+    "still None)",
+)
+async def test_a_refused_password_closes_the_connection() -> None:
+    redis, server, _ = client("redis://:wrong@cache")
+    server.password = b"right"
+    with pytest.raises(StateError):
+        await redis.request("get", "k")
+    assert [stream.closed for stream in server.streams] == [True]
+
+
+async def test_an_error_reply_is_a_state_error_and_the_connection_is_kept() -> None:
+    redis, server, _ = client()
+    await redis.request("set", "s", j("text"))
+    with pytest.raises(StateError) as caught:
+        await redis.request("incr", "s", 1)
+    assert not isinstance(caught.value, StateUnavailable)
+    assert str(caught.value) == (
+        "the value of 's' is not an integer (redis: ERR value is not an integer or out of range)"
+    )
+    assert await redis.request("get", "s") == j("text")
+    assert server.connects == 1
+
+
+async def test_a_value_written_by_someone_else_is_refused() -> None:
+    redis, server, _ = client()
+    server.data[b"foreign"] = b"hello"
+    with pytest.raises(StateError, match="not in rrproxy's format"):
+        await redis.request("get", "foreign")
+
+
+async def test_an_unknown_operation_is_refused_without_a_round_trip() -> None:
+    redis, server, _ = client()
+    with pytest.raises(StateError, match="unknown operation 'flushall'"):
+        await redis.request("flushall", "k")
+    assert server.connects == 0
+
+
+async def test_concurrent_calls_share_a_bounded_pool(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.delay = 0.01
+    results: dict[int, Any] = {}
+
+    async def call(i: int) -> None:
+        results[i] = await redis.request("incr", "n", 1)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(POOL_SIZE):
+            nursery.start_soon(call, i)
+    assert sorted(results.values()) == list(range(1, POOL_SIZE + 1))
+    assert server.connects == POOL_SIZE
+    # Later calls reuse those connections.
+    await redis.request("get", "n")
+    assert server.connects == POOL_SIZE
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RedisBackend._execute: every waiter for a pool slot replaces _slot_free with "
+    "its own event, and a freed slot sets only the newest one: with two or more waiting, "
+    "the older ones are never woken and their calls hang",
+)
+async def test_more_callers_than_connections_all_get_an_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.delay = 0.01
+    count = POOL_SIZE + 2
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await redis.request("incr", "n", 1))
+
+    with trio.move_on_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(call)
+    assert sorted(results) == list(range(1, count + 1))
+
+
+async def test_one_more_caller_than_connections_waits_for_a_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.delay = 0.01
+    count = POOL_SIZE + 1
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await redis.request("incr", "n", 1))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(call)
+    assert sorted(results) == list(range(1, count + 1))
+    assert server.connects == POOL_SIZE
+
+
+async def test_a_pooled_connection_that_died_is_replaced_once() -> None:
+    redis, server, _ = client()
+    await redis.request("set", "k", j(1))
+    (stale,) = server.streams
+    stale.dropped = True  # Redis restarted
+    assert await redis.request("get", "k") == j(1)
+    assert server.connects == 2
+    assert stale.closed
+    assert not server.streams[1].closed
+
+
+async def test_garbage_from_the_server_makes_it_unavailable() -> None:
+    redis, server, _ = client()
+    with pytest.raises(StateUnavailable, match="redis is unreachable"):
+        await redis._execute("GARBAGE")
+    assert server.streams[0].closed
+
+
+async def test_an_unreachable_server_fails_fast_and_backs_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.refuse = ConnectionRefusedError(111, "Connection refused")
+    with pytest.raises(StateUnavailable, match=r"^redis is unreachable: .*Connection refused"):
+        await redis.request("get", "k")
+    assert server.connects == 1
+    # Within the backoff, calls fail at once without trying.
+    with pytest.raises(StateUnavailable, match=r"\(retrying\)"):
+        await redis.request("get", "k")
+    assert server.connects == 1
+    await trio.sleep(BACKOFF_INITIAL)
+    with pytest.raises(StateUnavailable, match="Connection refused"):
+        await redis.request("get", "k")
+    assert server.connects == 2
+    # The delay doubles: 0.2 s now.
+    await trio.sleep(BACKOFF_INITIAL * 1.5)
+    with pytest.raises(StateUnavailable, match=r"\(retrying\)"):
+        await redis.request("get", "k")
+    await trio.sleep(BACKOFF_INITIAL)
+    with pytest.raises(StateUnavailable, match="Connection refused"):
+        await redis.request("get", "k")
+    assert server.connects == 3
+    # ... up to BACKOFF_MAX.
+    for _ in range(int(math.log2(BACKOFF_MAX / BACKOFF_INITIAL)) + 3):
+        await trio.sleep(BACKOFF_MAX)
+        with pytest.raises(StateUnavailable):
+            await redis.request("get", "k")
+    attempts = server.connects
+    await trio.sleep(BACKOFF_MAX * 0.99)
+    with pytest.raises(StateUnavailable, match=r"\(retrying\)"):
+        await redis.request("get", "k")
+    await trio.sleep(BACKOFF_MAX * 0.02)
+    with pytest.raises(StateUnavailable, match="Connection refused"):
+        await redis.request("get", "k")
+    assert server.connects == attempts + 1
+    # Back up: the next attempt after the delay works, and the delay starts over.
+    server.refuse = None
+    await trio.sleep(BACKOFF_MAX)
+    assert await redis.request("get", "k") is None
+    server.refuse = OSError("down again")
+    for stream in server.streams:
+        stream.dropped = True
+    with pytest.raises(StateUnavailable, match="down again"):
+        await redis.request("get", "k")
+    await trio.sleep(BACKOFF_INITIAL)
+    server.refuse = None
+    assert await redis.request("get", "k") is None
+
+
+async def test_a_server_that_does_not_accept_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.silent = True
+    start = trio.current_time()
+    with pytest.raises(StateUnavailable, match=f"no connection within {CONNECT_TIMEOUT:g} s"):
+        await redis.request("get", "k")
+    assert trio.current_time() - start == pytest.approx(CONNECT_TIMEOUT)
+
+
+async def test_a_server_that_does_not_answer_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    await redis.request("set", "k", j(1))
+    server.silent = True
+    start = trio.current_time()
+    with pytest.raises(StateUnavailable, match="redis is unreachable"):
+        await redis.request("get", "k")
+    # The pooled connection, then one fresh connection attempt.
+    assert trio.current_time() - start == pytest.approx(CONNECT_TIMEOUT * 2 + CONNECT_TIMEOUT)
+    assert server.streams[0].closed
