@@ -17,7 +17,7 @@ from ..fds import close_quietly
 from ..ipc.channel import WorkerChannel, socketpair
 from ..ipc.messages import MAX_BATCH, NewConn, NewConns, Poll
 from .dispatcher import HOLD_FOR_ROOM, REJECT_PAUSE, Dispatcher
-from .policies import IpHash, Policy, RoundRobin
+from .policies import IpHash, LeastConn, Policy, RoundRobin
 from .process import SOFT_WINDOW, WorkerProcess, WorkerState
 
 
@@ -282,6 +282,47 @@ async def test_without_room_a_connection_waits_then_goes_anyway(
         assert pool.received(1) == [1]
         assert not pool.dispatcher.queue
         nursery.cancel_scope.cancel()
+    pool.finish()
+
+
+async def test_only_connections_that_waited_may_go_to_a_worker_without_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pool = Pool(1, limit_concurrency=1)
+    pool.worker(1).connections_active = 1  # no room
+    pool.accept()
+    await trio.sleep(HOLD_FOR_ROOM)
+    pool.accept()  # behind the queue: it waits its own HOLD_FOR_ROOM
+    pool.dispatcher.pump()
+    assert pool.received(1) == [1]
+    assert pool.queued() == [2]
+    await trio.sleep(HOLD_FOR_ROOM)
+    pool.dispatcher.pump()
+    assert pool.received(1) == [2]
+    pool.finish()
+
+
+async def test_ip_hash_keeps_a_client_on_one_worker() -> None:
+    pool = Pool(3, policy=IpHash())
+    pool.accept(4, client="10.0.0.1")
+    pool.accept(client="10.0.0.1")
+    got = {slot: pool.received(slot) for slot in (1, 2, 3)}
+    assert sorted(got.values()) == [[], [], [1, 2, 3, 4, 5]]
+    (slot,) = [slot for slot, numbers in got.items() if numbers]
+    assert [type(m) for m in pool.messages[slot]] == [NewConns, NewConn]
+    pool.finish()
+
+
+async def test_least_conn_fills_the_emptiest_worker() -> None:
+    pool = Pool(3, policy=LeastConn())
+    pool.worker(1).connections_active = 5
+    pool.worker(2).connections_active = 1
+    pool.worker(3).connections_active = 2
+    pool.accept(3)
+    # 2 (load 1), then 2 and 3 tie at 2 and take turns from where it left off.
+    assert pool.received(2) == [1, 3]
+    assert pool.received(3) == [2]
+    assert pool.received(1) == []
     pool.finish()
 
 
