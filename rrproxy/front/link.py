@@ -79,6 +79,9 @@ class WorkerLink:
         self.worker_count = worker_count
         #: The handshake is over: messages are handled by _handle.
         self.ready = False
+        #: What the handshake waits for, and how long it may take (for the log line
+        #: when it takes longer: HELLO_TIMEOUT, then --ready-timeout).
+        self._awaiting = ("start", config.ready_timeout)
 
     async def run(self) -> None:
         """Talk to the worker until its channel ends. Never raises for anything the
@@ -111,11 +114,13 @@ class WorkerLink:
             worker.failure = worker.failure or f"protocol error: {exc}"
             worker.kill()
         except trio.TooSlowError:
+            what, seconds = self._awaiting
             log.error(
-                "worker %d (pid %d) did not start within %g s; killing it",
+                "worker %d (pid %d) did not %s within %g s; killing it",
                 worker.slot,
                 worker.pid,
-                self.config.ready_timeout,
+                what,
+                seconds,
             )
             worker.failure = worker.failure or "did not become ready in time"
             worker.kill()
@@ -155,6 +160,7 @@ class WorkerLink:
 
     async def _handshake(self) -> None:
         worker = self.worker
+        self._awaiting = ("say Hello", HELLO_TIMEOUT)
         with trio.fail_after(HELLO_TIMEOUT):
             message, _fd = await worker.channel.receive()
         if not isinstance(message, Hello):
@@ -172,6 +178,7 @@ class WorkerLink:
             ),
             fds,
         )
+        self._awaiting = ("start", self.config.ready_timeout)
         with trio.fail_after(self.config.ready_timeout):
             while True:
                 message, _fd = await worker.channel.receive()

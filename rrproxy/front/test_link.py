@@ -314,10 +314,6 @@ async def test_no_ready_in_time_kills_the_worker(autojump_clock: trio.testing.Mo
     h.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="link.py logs --ready-timeout when the Hello timeout (HELLO_TIMEOUT) expired",
-)
 async def test_the_hello_timeout_log_names_the_timeout_that_expired(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
