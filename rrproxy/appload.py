@@ -86,7 +86,10 @@ def is_coroutine_callable(obj: Any) -> bool:
 
 
 def _call_target(obj: Any) -> Any:
-    if inspect.isfunction(obj) or inspect.ismethod(obj):
+    """What runs when `obj` is called: itself for a function, method or class (a
+    class's signature is its constructor's; `cls.__call__` would be what its
+    instances do, with `self` counted), else its `__call__`."""
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
         return obj
     return obj.__call__ if callable(obj) else None
 
@@ -148,10 +151,10 @@ def detect_interface(obj: Any, requested: str) -> str:
     if is_native(obj) or _required_positional(_call_target(obj)) is None:
         return "native"
     target = _call_target(obj)
-    kind = "async " if inspect.iscoroutinefunction(target) else ""
+    kind = "an async callable" if inspect.iscoroutinefunction(target) else "a callable"
     count = _required_positional(target)
     raise UnknownInterface(
-        f"cannot tell what kind of app {obj!r} is: a {kind}callable taking {count} "
+        f"cannot tell what kind of app {obj!r} is: {kind} taking {count} "
         "positional arguments (a native handler takes 1 (request), a WSGI app 2 (environ, "
         "start_response), an ASGI 3 app 3 and is async); use --interface, or --factory if "
         "it builds the app"

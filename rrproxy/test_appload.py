@@ -241,6 +241,16 @@ def wsgi(environ: Any, start_response: Any) -> list[bytes]:
     return [b"hi"]
 
 
+class Asgi2Class:
+    """ASGI 2's class form: constructed with the scope, the instance is awaited."""
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        pass
+
+
 class Asgi3App:
     """What Starlette and FastAPI apps, and most ASGI middleware, look like."""
 
@@ -288,6 +298,9 @@ def wsgi_wrapper(*args: Any) -> Any:
         # ASGI 2 (a callable returning a coroutine) is not supported: by its shape it is
         # a native handler (README: anything that is not ASGI 3 or WSGI).
         (asgi2, "native"),
+        # The class form of ASGI 2 likewise: calling the class takes (scope). Judged
+        # by its instances' __call__ (self counted), it once passed for ASGI 3.
+        (Asgi2Class, "native"),
         # *args cannot be told apart (README: use --interface wsgi).
         (wsgi_wrapper, "native"),
     ],
@@ -321,17 +334,17 @@ async def four_async(a: Any, b: Any, c: Any, d: Any) -> None:
 @pytest.mark.parametrize(
     ("app", "shape"),
     [
-        (two_async, "async callable taking 2 positional arguments"),
-        (three_sync, "callable taking 3 positional arguments"),
-        (no_arguments, "callable taking 0 positional arguments"),
-        (four_async, "async callable taking 4 positional arguments"),
+        (two_async, "an async callable taking 2 positional arguments"),
+        (three_sync, "a callable taking 3 positional arguments"),
+        (no_arguments, "a callable taking 0 positional arguments"),
+        (four_async, "an async callable taking 4 positional arguments"),
     ],
 )
 def test_an_unknown_shape_is_explained(app: Any, shape: str) -> None:
     with pytest.raises(UnknownInterface) as caught:
         detect_interface(app, "auto")
     message = str(caught.value)
-    assert message.startswith(f"cannot tell what kind of app {app!r} is: a {shape} ")
+    assert message.startswith(f"cannot tell what kind of app {app!r} is: {shape} ")
     assert "use --interface, or --factory if it builds the app" in message
     assert isinstance(caught.value, AppLoadError)
 
