@@ -19,6 +19,7 @@ from typing import Protocol
 import trio
 
 from ..config import Config
+from ..ipc.channel import socketpair
 from .forkserver import ForkedProcess, ForkServer, ForkServerError
 
 log = logging.getLogger("rrproxy.front")
@@ -69,6 +70,22 @@ class Spawner:
             # load_dotenv): the deployment's environment overrides the checked-in file.
             env.setdefault(key, value)
         return env
+
+    async def start(self, slot_id: int) -> tuple[ChildProcess, socket.socket] | None:
+        """A worker process for the slot, and the front's end of the new channel that
+        only the worker holds the other end of; None (logged) if no process could be
+        started at all."""
+        front_end, worker_end = socketpair()
+        try:
+            process = await self.spawn(slot_id, worker_end)
+        except OSError as exc:
+            front_end.close()
+            log.error("cannot start worker %d: %s", slot_id, exc)
+            return None
+        finally:
+            # Only the worker may hold its end: when it dies, we see EOF.
+            worker_end.close()
+        return process, front_end
 
     async def spawn(self, slot_id: int, worker_end: socket.socket) -> ChildProcess:
         """A worker process for the slot, holding `worker_end` (the caller closes its own

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import trio
 
 from ..config import Config
-from ..ipc.channel import WorkerChannel, socketpair
+from ..ipc.channel import WorkerChannel
 from ..ipc.messages import Stop
 from ..state.memory import MemoryStore
 from . import backoff, health
@@ -242,17 +242,12 @@ class Supervisor:
     # --- one worker process ------------------------------------------------------------
 
     async def start_worker(self, slot: Slot) -> WorkerProcess | None:
-        """Spawn a worker for the slot and start the task that owns it."""
-        front_end, worker_end = socketpair()
-        try:
-            process = await self.spawner.spawn(slot.id, worker_end)
-        except OSError as exc:
-            front_end.close()
-            log.error("cannot start worker %d: %s", slot.id, exc)
+        """Spawn a worker for the slot and start the task that owns it; None if no
+        process could be started."""
+        started = await self.spawner.start(slot.id)
+        if started is None:
             return None
-        finally:
-            # Only the worker may hold its end: when it dies, we see EOF.
-            worker_end.close()
+        process, front_end = started
         channel = WorkerChannel(front_end, accepts_fds=False, max_backlog=CHANNEL_BACKLOG)
         worker = WorkerProcess(slot.id, process, channel, self.config.worker.limit_concurrency)
         self.workers.append(worker)
