@@ -320,16 +320,24 @@ async def test_shutdown_waits_the_graceful_timeout_then_kills(
         cluster.spawner.scripts[1] = drain_for(3.0)
         cluster.spawner.scripts[2] = drain_for(0.0, obey=False)
         await cluster.boot()
+        supervisor = cluster.supervisor
         polite, stuck = cluster.current(1), cluster.current(2)
         start = trio.current_time()
-        await cluster.supervisor.shutdown(4.0)
+        nursery.start_soon(supervisor.shutdown, 4.0)
+        await trio.sleep(1.0)
+        # While they drain, nothing replaces them or adds to them.
+        supervisor.recycle(cluster.slot(2), "max requests")
+        assert not supervisor.start_reload()
+        supervisor.scale_up()
+        assert supervisor.worker_count == 2
+        while supervisor.workers:
+            await trio.sleep(0.5)
         # The workers enforce the timeout themselves; the front allows 2 s more.
-        assert trio.current_time() == pytest.approx(start + 4.0 + 2.0)
+        assert stuck.exited_at == pytest.approx(start + 4.0 + 2.0)
         assert Stop(4.0) in polite.received and Stop(4.0) in stuck.received
         assert (polite.returncode, polite.signals) == (0, [])
         assert polite.exited_at == pytest.approx(start + 3.0)
         assert (stuck.returncode, stuck.signals) == (-signal.SIGKILL, [signal.SIGKILL])
-        assert cluster.supervisor.workers == []
         # Nothing restarts what was stopped.
         await trio.sleep(30.0)
         assert len(cluster.spawner.spawned) == 2
