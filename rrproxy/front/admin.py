@@ -150,7 +150,8 @@ class AdminServer:
             if query.get("wait") == ["1"]:
                 ok = await supervisor.replacer.reload()
                 return _json(200 if ok else 500, {"reloaded": ok})
-            supervisor.start_reload()
+            if not supervisor.start_reload():
+                return _json(409, {"error": "a reload is already under way"})
             return _json(202, {"reloading": True})
         if url.path == "/scale":
             text = query.get("workers", [""])[0]

@@ -229,7 +229,7 @@ class Dispatcher:
         conn = worker.unacked.pop(conn_id, None)
         worker.mark_channel_full(False)
         if conn is None:
-            log.warning("worker %d %s unknown connection %d", worker.slot, verb, conn_id)
+            log.warning("worker %d %s unknown connection %d", worker.slot_id, verb, conn_id)
         return conn
 
     def taken(self, worker: WorkerProcess, conn_id: int) -> None:
@@ -265,7 +265,7 @@ class Dispatcher:
         log.info(
             "re-handing %d connection(s) that worker %d (pid %d) never read",
             len(conns),
-            worker.slot,
+            worker.slot_id,
             worker.pid,
         )
         self.queue.extendleft(reversed(conns))

@@ -100,14 +100,14 @@ class WorkerLink:
             if worker.process.returncode is None:
                 log.error(
                     "worker %d (pid %d) closed its channel but did not exit; killing it",
-                    worker.slot,
+                    worker.slot_id,
                     worker.pid,
                 )
                 worker.kill()
         except (ProtocolError, Breach) as exc:
             log.error(
                 "worker %d (pid %d) broke the protocol while starting: %s; killing it",
-                worker.slot,
+                worker.slot_id,
                 worker.pid,
                 exc,
             )
@@ -117,7 +117,7 @@ class WorkerLink:
             what, seconds = self._awaiting
             log.error(
                 "worker %d (pid %d) did not %s within %g s; killing it",
-                worker.slot,
+                worker.slot_id,
                 worker.pid,
                 what,
                 seconds,
@@ -127,7 +127,9 @@ class WorkerLink:
         except Exception:
             # A bug of ours that a worker's message triggered: this worker goes,
             # the front stays.
-            log.exception("worker %d (pid %d): internal error; killing it", worker.slot, worker.pid)
+            log.exception(
+                "worker %d (pid %d): internal error; killing it", worker.slot_id, worker.pid
+            )
             worker.failure = worker.failure or "internal error in the front"
             worker.kill()
 
@@ -155,7 +157,7 @@ class WorkerLink:
             except (ProtocolError, Breach):
                 continue
             except Exception:
-                log.exception("worker %d: error reading its last messages", self.worker.slot)
+                log.exception("worker %d: error reading its last messages", self.worker.slot_id)
                 return
 
     async def _handshake(self) -> None:
@@ -171,7 +173,7 @@ class WorkerLink:
         fds = [listener.fileno() for listener in self.listeners]
         await worker.channel.send(
             Configure(
-                worker.slot,
+                worker.slot_id,
                 self.config.worker.to_dict(),
                 listeners=len(fds),
                 worker_count=self.worker_count(),
@@ -190,7 +192,7 @@ class WorkerLink:
                     if not self.quiet_failures():
                         log.error(
                             "worker %d (pid %d) cannot start: %s",
-                            worker.slot,
+                            worker.slot_id,
                             worker.pid,
                             message.message,
                         )
@@ -211,7 +213,7 @@ class WorkerLink:
                 if breaches == 1:
                     log.error(
                         "worker %d (pid %d) broke the protocol: %s; retiring it",
-                        worker.slot,
+                        worker.slot_id,
                         worker.pid,
                         exc,
                     )
@@ -220,7 +222,7 @@ class WorkerLink:
                 elif breaches >= MAX_BREACHES:
                     log.error(
                         "worker %d (pid %d) keeps breaking the protocol; killing it",
-                        worker.slot,
+                        worker.slot_id,
                         worker.pid,
                     )
                     worker.kill()

@@ -133,11 +133,23 @@ class Replacer:
         """Rolling reload: replace workers --reload-batch at a time, each new one
         importing the app afresh. Stops at the first replacement that fails, keeping
         the old workers of the remaining slots."""
-        supervisor = self.supervisor
-        if self.reloading or supervisor.stopping:
-            log.warning("a reload is already under way; ignoring this one")
+        if not self.begin_reload():
+            return False
+        return await self.run_reload()
+
+    def begin_reload(self) -> bool:
+        """Claim the reload (synchronously, so a second request in the same tick is
+        refused); False if one is under way or rrproxy is stopping. The caller then
+        runs run_reload()."""
+        if self.reloading or self.supervisor.stopping:
+            log.warning("a reload is already under way or rrproxy is stopping; ignoring")
             return False
         self.reloading = True
+        return True
+
+    async def run_reload(self) -> bool:
+        """The reload claimed by begin_reload(); whether every slot was replaced."""
+        supervisor = self.supervisor
         try:
             if supervisor.config.preload and not await supervisor.spawner.start_fork_server():
                 log.error("reload aborted: the remaining workers keep their old code")

@@ -110,10 +110,9 @@ class Supervisor:
     def start_reload(self) -> bool:
         """Begin a rolling reload in the supervisor's own nursery; False if one is
         already under way or rrproxy is stopping."""
-        if self.reloading or self.stopping:
-            log.warning("a reload is already under way or rrproxy is stopping; ignoring")
+        if not self.replacer.begin_reload():
             return False
-        self.nursery.start_soon(self.replacer.reload)
+        self.nursery.start_soon(self.replacer.run_reload)
         return True
 
     def recycle(self, slot: Slot, reason: str) -> None:

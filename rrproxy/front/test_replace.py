@@ -146,12 +146,6 @@ async def test_a_recycle_asked_during_a_replacement_follows_it(
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Supervisor.start_reload: `reloading` is set only once the reload task runs, "
-    "so a second request in the same tick (SIGHUP, then /reload) is also answered True "
-    "(admin: 202) while its task is then ignored; /reload?wait=1 then answers 500",
-)
 async def test_a_second_reload_asked_in_the_same_tick_is_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
