@@ -151,8 +151,13 @@ class Dispatcher:
         for worker, share in plan.items():
             failed += self._send(worker, share)
         if failed:
+            # Each worker that did not take its share is out of the choice now
+            # (channel full or closed), so the others get a chance at once rather
+            # than at the next pump, HOLD_FOR_ROOM later. At most one round per
+            # worker: every round rules at least one out.
             failed.sort(key=lambda c: c.conn_id)
-        return failed + list(conns[planned:])
+            return self._hand_out(failed + list(conns[planned:]), require_room)
+        return list(conns[planned:])
 
     def _send(self, worker: WorkerProcess, share: list[PendingConn]) -> list[PendingConn]:
         """One message to `worker` with its planned connections; those it did not take."""

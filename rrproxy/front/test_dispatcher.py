@@ -584,9 +584,8 @@ async def test_a_worker_whose_channel_broke_is_passed_over(
         pool.accept()
         assert pool.worker(1).channel.closed
         assert not pool.worker(1).accepting
-        # Back in the queue, it goes to worker 2 at the next pump (within HOLD_FOR_ROOM).
-        assert pool.queued() == [1]
-        await trio.sleep(HOLD_FOR_ROOM * 1.5)
+        # It goes to worker 2 at once, not at the next pump.
+        assert pool.queued() == []
         assert pool.received(2) == [1]
         pool.accept()
         assert pool.received(2) == [2]
@@ -627,6 +626,18 @@ async def test_connections_that_could_not_be_sent_keep_their_order() -> None:
     pool.accept(4)
     assert pool.queued() == [1, 2, 3, 4]
     assert all(worker.channel_full and not worker.unacked for worker in pool.workers)
+    pool.finish()
+
+
+async def test_a_share_a_full_channel_refused_goes_to_another_worker_at_once() -> None:
+    pool = Pool(2)
+    while pool.worker(1).channel.send_nowait(Poll()):
+        pass
+    # Round-robin plans 1 for worker 1 and 2 for worker 2; worker 1's channel refuses.
+    pool.accept(2)
+    assert pool.queued() == []
+    assert sorted(pool.unacked(2)) == [1, 2]
+    assert pool.worker(1).channel_full and not pool.worker(1).unacked
     pool.finish()
 
 
