@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from rrproxy.config import WorkerConfig
-from rrproxy.worker.connection import HTTPConnection
+from rrproxy.worker import native_response
 from rrproxy.worker.server import WorkerServer
 from rrproxy.worker.trio import BACKEND
 from tests.helpers import RawClient, RRProxy, client_per_worker
@@ -94,7 +94,7 @@ async def test_an_exception_escaping_a_connection_ends_only_that_connection(
         raise error
 
     # Where the response is written: an error there escapes the request's handling.
-    monkeypatch.setattr(HTTPConnection, "send_response", explode)
+    monkeypatch.setattr(native_response, "send_response", explode)
     async with trio.open_nursery() as nursery:
         server.serve_in(nursery)  # type: ignore[arg-type]
         server.start_connection(ours)
