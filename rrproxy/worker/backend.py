@@ -25,6 +25,17 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 
+def inet_address(name: object) -> tuple[str, int] | None:
+    """(host, port) of a getsockname()/getpeername() result, or None for anything else.
+
+    A unix socket's name is a str ('' when unnamed), and indexing it would give
+    ('/', 't'); uvicorn's get_local_addr likewise answers None for it, and ASGI's
+    `server`/`client` are None when not an internet address.
+    """
+    if isinstance(name, tuple) and len(name) >= 2 and isinstance(name[1], int):
+        return (str(name[0]), name[1])
+    return None
+
 
 class HasFileno(Protocol):
     """Anything with a file descriptor (a socket): what the loops can wait on."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...native import ClientDisconnected
+from ..backend import inet_address
 
 HIGH_WATER = 64 * 1024
 _FILE_BLOCK = 256 * 1024
@@ -91,16 +92,12 @@ class AsyncioTransport:
         self._protocol = protocol
         self._send_timeout = send_timeout
         self._loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername")
-        self.client: tuple[str, int] | None = (peer[0], peer[1]) if peer else None
+        self.client: tuple[str, int] | None = inet_address(transport.get_extra_info("peername"))
         self._server_address: tuple[str, int] | None = None
 
     def server_address(self) -> tuple[str, int] | None:
         if self._server_address is None:
-            name = self._transport.get_extra_info("sockname")
-            if not name or not isinstance(name, tuple):
-                return None
-            self._server_address = (name[0], name[1])
+            self._server_address = inet_address(self._transport.get_extra_info("sockname"))
         return self._server_address
 
     async def receive(self) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 
 from ...native import ClientDisconnected
+from ..backend import inet_address
 
 RECV_SIZE = 64 * 1024
 
@@ -33,17 +34,15 @@ class TrioTransport:
         self._on_first_read = on_first_read
         self._server_address: tuple[str, int] | None = None
         try:
-            peer = sock.getpeername()
-            self.client: tuple[str, int] | None = (peer[0], peer[1]) if peer else None
-        except (OSError, IndexError, TypeError):
+            self.client: tuple[str, int] | None = inet_address(sock.getpeername())
+        except OSError:
             self.client = None
 
     def server_address(self) -> tuple[str, int] | None:
         if self._server_address is None:
             try:
-                name = self.sock.getsockname()
-                self._server_address = (name[0], name[1])
-            except (OSError, IndexError, TypeError):
+                self._server_address = inet_address(self.sock.getsockname())
+            except OSError:
                 return None
         return self._server_address
 
