@@ -48,6 +48,7 @@ class HasFileno(Protocol):
 #: A socket or a bare descriptor.
 FileLike = HasFileno | int
 
+
 class CancelScope(Protocol):
     """A context manager: leaving it early by `cancel()` or by its deadline is
     caught at its exit (`cancelled_caught`); what runs inside sees the loop's

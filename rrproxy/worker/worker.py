@@ -275,6 +275,7 @@ class Worker:
             os.close(fd)
             self._answer(Rejected(conn_id))
             return
+        sock: socket.socket | None = None
         try:
             # Family, type and protocol given, not probed: three syscalls fewer per
             # connection, and TCP is explicit. Trap: a socket rebuilt from a received
@@ -290,7 +291,13 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             log.error("received an unusable connection fd: %s", exc)
-            os.close(fd)
+            # Once a socket object owns the fd, only it may close it: an os.close here
+            # and its finaliser later would close the fd twice, the second time
+            # perhaps a file another thread (a WSGI app's) has just opened.
+            if sock is not None:
+                sock.close()
+            else:
+                os.close(fd)
             self._answer(Taken(conn_id, server.connections_active))
             return
         server.start_connection(sock, self._ack(conn_id))
