@@ -103,18 +103,22 @@ async def _deliver(message: Any, to: str) -> None:
 def _dispatch(message: Any, sender: int) -> None:
     """Called by the worker when a message arrives."""
     for callback in list(_callbacks):
+        # Called, then judged by what it gave: an async function, an object with an
+        # async __call__, a functools.partial of either, or a plain function returning
+        # a coroutine all give an awaitable, which is run as a task. (Asking
+        # iscoroutinefunction(callback) first missed all but the first.)
         try:
-            if inspect.iscoroutinefunction(callback):
-                assert _spawn is not None
-                _spawn(_run_async, callback, message, sender)
-            else:
-                callback(message, sender)
+            result = callback(message, sender)
         except Exception:
             log.exception("cluster on_message callback %r raised", callback)
+            continue
+        if inspect.isawaitable(result):
+            assert _spawn is not None
+            _spawn(_run_async, callback, result)
 
 
-async def _run_async(callback: Callback, message: Any, sender: int) -> None:
+async def _run_async(callback: Callback, result: Awaitable[Any]) -> None:
     try:
-        await callback(message, sender)
+        await result
     except Exception:
         log.exception("cluster on_message callback %r raised", callback)
