@@ -139,12 +139,35 @@ def _child(fd: int, slot: int, env: dict[str, str], closing: list[int]) -> None:
         os._exit(code)
 
 
-def _spawn(sock: socket.socket, request: dict[str, Any], fds: list[int], wakeup: int) -> None:
-    if request.get("op") != "spawn" or len(fds) != 1:
+def _spawn_request(request: dict[str, Any], fds: list[int]) -> tuple[int, dict[str, str]] | str:
+    """The slot and environment of a spawn request, or why it is refused. Judged
+    here, before fork(): a bad value found in the child would leave a forked
+    process running the fork server's loop instead of a worker."""
+    if request.get("op") != "spawn":
+        return f"unknown op {request.get('op')!r}"
+    if len(fds) != 1:
+        return f"a spawn request carries one fd, not {len(fds)}"
+    slot = request.get("slot")
+    if type(slot) is not int or slot < 1:
+        return f"bad slot {slot!r}"
+    env = request.get("env")
+    if not isinstance(env, dict):
+        return "env must be an object"
+    return slot, {str(k): str(v) for k, v in env.items()}
+
+
+def _spawn(
+    sock: socket.socket, request: dict[str, Any], fds: list[int], inherited: list[int]
+) -> None:
+    """Fork a worker for a spawn request; `inherited` are the fork server's own fds,
+    which the child closes."""
+    judged = _spawn_request(request, fds)
+    if isinstance(judged, str):
         close_fds(fds)
+        _send(sock, {"op": "spawned", "id": request.get("id"), "error": judged})
         return
+    slot, env = judged
     fd = fds[0]
-    env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
     try:
         pid = os.fork()
     except OSError as exc:
@@ -152,7 +175,7 @@ def _spawn(sock: socket.socket, request: dict[str, Any], fds: list[int], wakeup:
         _send(sock, {"op": "spawned", "id": request.get("id"), "error": str(exc)})
         return
     if pid == 0:
-        _child(fd, int(request["slot"]), env, [sock.fileno(), wakeup])
+        _child(fd, slot, env, inherited)
     os.close(fd)  # the child holds the worker's channel now
     _send(sock, {"op": "spawned", "id": request.get("id"), "pid": pid})
 
@@ -203,7 +226,9 @@ def serve(sock: socket.socket) -> None:
             request = {}
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or not isinstance(request, dict):
             request = {}
-        _spawn(sock, request, fds, wakeup_write)
+        # The child closes all three: the pipe's read end too, or every worker
+        # would hold it open for the fork server's life.
+        _spawn(sock, request, fds, [sock.fileno(), wakeup_read, wakeup_write])
         # A child that exited between two reads is reported now, not at the next one.
         _reap(sock)
 

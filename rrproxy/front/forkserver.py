@@ -91,6 +91,13 @@ class ForkedProcess:
         """SIGKILL, as trio.Process.kill()."""
         self.send_signal(signal.SIGKILL)
 
+    def close(self) -> None:
+        """Give up watching it (its pidfd is closed); only for a process nobody waits
+        for."""
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
+
 
 class ForkServer:
     """A running zygote and its socket: forks workers on request and reports the
@@ -104,7 +111,7 @@ class ForkServer:
         self.preload = preload
         self.alive = True
         self._next_id = 0
-        self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._pending: dict[int, tuple[trio.Event, list[ForkedProcess | str]]] = {}
         self._children: dict[int, ForkedProcess] = {}
 
     @classmethod
@@ -148,7 +155,7 @@ class ForkServer:
         self._next_id += 1
         request_id = self._next_id
         done = trio.Event()
-        answer: list[Any] = []
+        answer: list[ForkedProcess | str] = []
         self._pending[request_id] = (done, answer)
         request = json.dumps({"op": "spawn", "id": request_id, "slot": slot, "env": dict(env)})
         try:
@@ -160,18 +167,19 @@ class ForkServer:
                 await done.wait()
         except OSError as exc:
             self._gone(f"cannot reach it: {exc}")
+        except BaseException:
+            # Cancelled (the front is stopping) after the fork: nobody will own the
+            # worker, so it goes now rather than running on unwatched.
+            if answer and isinstance(answer[0], ForkedProcess):
+                self._abandon(answer[0])
+            raise
         finally:
             self._pending.pop(request_id, None)
-        if not answer or "pid" not in answer[0]:
-            reason = answer[0].get("error") if answer else "no answer"
-            raise ForkServerError(f"the fork server could not fork: {reason}")
-        pid = int(answer[0]["pid"])
-        try:
-            child = ForkedProcess(pid)
-        except OSError as exc:  # already gone and reaped: its report is on the way
-            raise ForkServerError(f"worker pid {pid} is already gone: {exc}") from None
-        self._children[pid] = child
-        return child
+        if not answer:
+            raise ForkServerError("the fork server could not fork: no answer")
+        if isinstance(answer[0], str):
+            raise ForkServerError(f"the fork server could not fork: {answer[0]}")
+        return answer[0]
 
     async def run(self) -> None:
         """Read the zygote's reports until it is gone; owned by the supervisor."""
@@ -182,17 +190,49 @@ class ForkServer:
                     break
                 message = _decode(data)
                 if message.get("op") == "spawned":
-                    pending = self._pending.get(int(message.get("id") or 0))
-                    if pending is not None:
-                        pending[1].append(message)
-                        pending[0].set()
+                    self._spawned(message)
                 elif message.get("op") == "exited":
-                    child = self._children.pop(int(message.get("pid") or 0), None)
+                    child = self._children.pop(_int(message.get("pid")), None)
                     if child is not None:
-                        child.reported(int(message.get("code", UNKNOWN_EXIT)))
+                        child.reported(_int(message.get("code"), UNKNOWN_EXIT))
         except (OSError, trio.ClosedResourceError):
             pass
         self._gone("it exited")
+
+    def _spawned(self, message: dict[str, Any]) -> None:
+        """A fork's answer. The child is registered here, before the next report is
+        read: a worker that dies at once is reported right after, and were it
+        registered only when spawn() resumes, that report would find nobody and
+        wait() would give UNKNOWN_EXIT after EXIT_REPORT_GRACE."""
+        pending = self._pending.pop(_int(message.get("id")), None)
+        pid = message.get("pid")
+        if type(pid) is not int or pid <= 0:
+            if pending is not None:
+                pending[1].append(str(message.get("error") or "no pid in its answer"))
+                pending[0].set()
+            return
+        try:
+            child = ForkedProcess(pid)
+        except OSError as exc:  # already gone and reaped: its report is on the way
+            if pending is not None:
+                pending[1].append(f"worker pid {pid} is already gone: {exc}")
+                pending[0].set()
+            return
+        if pending is None:
+            # A fork that answered after spawn() gave up (SPAWN_TIMEOUT): its
+            # supervisor has moved on, so it must not run on unwatched.
+            log.warning("a worker forked too late (pid %d) is stopped", pid)
+            self._abandon(child)
+            return
+        self._children[pid] = child
+        pending[1].append(child)
+        pending[0].set()
+
+    def _abandon(self, child: ForkedProcess) -> None:
+        """SIGKILL a forked worker nobody owns; the zygote reaps it."""
+        child.kill()
+        child.close()
+        self._children.pop(child.pid, None)
 
     @property
     def children(self) -> int:
@@ -221,6 +261,12 @@ class ForkServer:
         """Stop it: it exits when its end closes (its workers run on)."""
         self._closing = True
         self.sock.close()
+
+
+def _int(value: Any, default: int = 0) -> int:
+    """An int field of a report (the zygote is ours, but a bad value must not end the
+    reader and with it every forked worker's exit code)."""
+    return value if type(value) is int else default
 
 
 def _decode(data: bytes) -> dict[str, Any]:

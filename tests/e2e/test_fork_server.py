@@ -36,6 +36,18 @@ def _parent(pid: int) -> int:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
+def _fd_targets(pid: int) -> set[str]:
+    """What a process's fds above stdio point at ('pipe:[123]', 'socket:[456]')."""
+    targets = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if int(name) > 2:
+            try:
+                targets.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+            except FileNotFoundError:
+                pass
+    return {target for target in targets if target.startswith(("pipe:", "socket:"))}
+
+
 def _json(port: int) -> dict:
     import json
 
@@ -79,6 +91,9 @@ def test_forked_workers_restart_reload_and_stop(tmp_path: Path):
         assert zygote != server.proc.pid and _parent(zygote) == server.proc.pid
         assert all(_parent(pid) == zygote for pid in server.pids.values())
         assert worker_pids(server.proc.pid) == set(server.pids.values())
+        # A worker holds none of the zygote's own pipes and sockets (its wakeup pipe,
+        # its socket to the front): beyond stdio, nothing open in both.
+        assert not _fd_targets(zygote) & _fd_targets(server.pids[1])
         # A killed worker comes back, forked again.
         victim = server.pids[2]
         os.kill(victim, signal.SIGKILL)
