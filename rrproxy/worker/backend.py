@@ -121,6 +121,11 @@ class ResourceClosed(Exception):
     """A socket waited on was closed (notify_closing) by another task."""
 
 
+class ResourceBusy(Exception):
+    """Another task is already waiting for the same socket to turn readable (or
+    writable): trio's BusyResourceError, on both loops."""
+
+
 class Transport(Protocol):
     """One client connection as the HTTP logic sees it: bytes in, bytes out.
     Reads never block the loop; a reset counts as the end of the stream."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..backend import Queue, ResourceClosed, Stream, Transport
+from ..backend import Queue, ResourceBusy, ResourceClosed, Stream, Transport
 
 T = TypeVar("T")
 
@@ -192,8 +192,8 @@ class AsyncioBackend:
     def __init__(self, use_uvloop: bool) -> None:
         self.uvloop = use_uvloop
         self.name = "uvloop" if use_uvloop else "asyncio"
-        #: fd -> the future of the task waiting on it (for notify_closing).
-        self._waiters: dict[int, asyncio.Future[None]] = {}
+        #: (fd, writable) -> the future of the task waiting on it (for notify_closing).
+        self._waiters: dict[tuple[int, bool], asyncio.Future[None]] = {}
 
     def current_time(self) -> float:
         return asyncio.get_running_loop().time()
@@ -227,6 +227,15 @@ class AsyncioBackend:
         fd = sock if isinstance(sock, int) else sock.fileno()
         if fd < 0:
             raise ResourceClosed
+        key = (fd, writable)
+        if key in self._waiters:
+            # asyncio keeps one reader and one writer per fd: a second add_reader
+            # would silently replace the first task's, which would then never wake.
+            # trio raises BusyResourceError here; both loops raise ResourceBusy.
+            raise ResourceBusy(
+                f"another task is already waiting for fd {fd} to be "
+                + ("writable" if writable else "readable")
+            )
         future: asyncio.Future[None] = loop.create_future()
 
         def ready() -> None:
@@ -239,14 +248,16 @@ class AsyncioBackend:
             else (loop.add_reader, loop.remove_reader)
         )
         add(fd, ready)
-        self._waiters[fd] = future
+        self._waiters[key] = future
         try:
             await future
         finally:
-            if self._waiters.get(fd) is future:
-                del self._waiters[fd]
-            with contextlib.suppress(ValueError, OSError):
-                remove(fd)
+            if self._waiters.get(key) is future:
+                del self._waiters[key]
+                # Not after notify_closing: the fd may already be another socket's,
+                # whose reader this would remove.
+                with contextlib.suppress(ValueError, OSError):
+                    remove(fd)
 
     async def wait_readable(self, sock: Any) -> None:
         await self._wait(sock, writable=False)
@@ -255,16 +266,18 @@ class AsyncioBackend:
         await self._wait(sock, writable=True)
 
     def notify_closing(self, sock: Any) -> None:
-        """Only the last task that began waiting on the fd is woken (one waiter per fd
-        is tracked, as the worker has); the fd's reader and writer are removed."""
+        """The tasks waiting on the fd (one reading, one writing at most) are woken
+        with ResourceClosed, and its reader and writer are removed, each on its own
+        (a failure to remove one must not leave the other registered)."""
         fd = sock if isinstance(sock, int) else sock.fileno()
-        future = self._waiters.pop(fd, None)
-        if future is not None and not future.done():
-            future.set_exception(ResourceClosed())
+        for writable in (False, True):
+            future = self._waiters.pop((fd, writable), None)
+            if future is not None and not future.done():
+                future.set_exception(ResourceClosed())
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
+        for remove in (loop.remove_reader, loop.remove_writer):
+            with contextlib.suppress(ValueError, OSError):
+                remove(fd)
 
     @contextlib.contextmanager
     def signal_receiver(self, *signals: int) -> Iterator[AsyncIterator[int]]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..backend import FileLike, ResourceClosed, Stream, Transport
+from ..backend import FileLike, ResourceBusy, ResourceClosed, Stream, Transport
 
 T = TypeVar("T")
 
@@ -70,6 +70,8 @@ class TrioBackend:
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
             raise ResourceClosed from None
+        except trio.BusyResourceError as exc:
+            raise ResourceBusy(str(exc)) from None
 
     @staticmethod
     async def wait_writable(sock: FileLike) -> None:
@@ -77,6 +79,8 @@ class TrioBackend:
             await trio.lowlevel.wait_writable(sock)
         except trio.ClosedResourceError:
             raise ResourceClosed from None
+        except trio.BusyResourceError as exc:
+            raise ResourceBusy(str(exc)) from None
 
     @staticmethod
     def signal_receiver(*signals: int) -> AbstractContextManager[AsyncIterator[int]]:
