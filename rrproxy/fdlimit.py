@@ -10,12 +10,14 @@ def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (2**20 when that is unlimited);
     the soft limit now in force. Left as it is where the kernel refuses."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
         return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        # The hard limit is passed back as it was: (target, target) would lower an
+        # unlimited hard limit for good (only root can raise it again), and for the
+        # workers and whatever they start too.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
         return soft
-    return hard
+    return target
