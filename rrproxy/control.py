@@ -66,6 +66,13 @@ class AdminClient:
             return response.status, response.getheaders(), response.read()
         except OSError as exc:
             raise AdminError(f"cannot reach the admin interface at {address}: {exc}") from None
+        except http.client.HTTPException as exc:
+            # Not an admin interface (another server on that port), or one cut off
+            # mid-answer: BadStatusLine, IncompleteRead, LineTooLong.
+            raise AdminError(
+                f"no valid answer from the admin interface at {address}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         finally:
             conn.close()
 
@@ -78,7 +85,8 @@ class AdminClient:
         except ValueError:
             raise AdminError(f"{path}: HTTP {status}: {body[:200]!r}") from None
         if status >= 400:
-            raise AdminError(f"{path}: HTTP {status}: {data.get('error', data)}")
+            reason = data.get("error", data) if isinstance(data, dict) else data
+            raise AdminError(f"{path}: HTTP {status}: {reason}")
         return data
 
 
