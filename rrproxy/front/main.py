@@ -239,12 +239,41 @@ def run(config: Config) -> int:
         os.environ.pop(name, None)
     listeners = bind_all(config)
     owned = _owned_unix_paths(config)
+    admin_sock: socket.socket | None = None
+    # Everything after the bind is inside this try: whatever fails (a bad --policy,
+    # an admin address that cannot be bound, a crash), the sockets are closed and the
+    # unix socket files this front made are removed, as gunicorn does at exit.
     try:
-        policy = None if config.policy in KERNEL_POLICIES else load_policy(config.policy)
-    except BindError:
-        for sock in listeners:
-            sock.close()
+        config, admin_sock, policy = _prepare(config, listeners)
+        if admin_sock is not None and admin_sock.family == socket.AF_UNIX:
+            owned.update(_inodes([admin_sock.getsockname()]))
+        _set_title(f"rrproxy: front {config.worker.app} [{' '.join(url_of(s) for s in listeners)}]")
+        front = Front(config, listeners, admin_sock, policy)
+        trio.run(front.run)
+    except BaseExceptionGroup as group:
+        for kind, code in ((BootError, 2), (RestartStorm, 3)):
+            matched = group.subgroup(kind)
+            if matched is not None:
+                announce(f"rrproxy: error: {_first_leaf(matched)}", "error")
+                return code
         raise
+    finally:
+        for open_sock in (*listeners, admin_sock):
+            if open_sock is not None:
+                try:
+                    open_sock.close()
+                except OSError:
+                    pass
+        _remove_unix_paths(owned)
+    return front.exit_code
+
+
+def _prepare(
+    config: Config, listeners: list[socket.socket]
+) -> tuple[Config, socket.socket | None, Policy | None]:
+    """The config completed from the bound listeners, the admin socket, and the
+    policy; BindError if the admin address or the policy is unusable."""
+    policy = None if config.policy in KERNEL_POLICIES else load_policy(config.policy)
     tcp = [s for s in listeners if _is_tcp(s)]
     families = {s.family for s in listeners}
     reuseport = [
@@ -265,50 +294,36 @@ def run(config: Config) -> int:
             mixed_families=len(families) > 1 or socket.AF_UNIX in families,
         ),
     )
-    admin_sock = None
-    if config.admin != "off":
-        try:
-            if config.admin is None:
-                address = default_admin(first[1] if tcp else _unix_name(listeners[0]))
-            else:
-                address = parse_admin(config.admin, config.admin_token)
-            admin_sock = bind_admin(address)
-        except ConfigError as exc:
-            for sock in listeners:
-                sock.close()
-            raise BindError(str(exc)) from None
-        config = dataclasses.replace(config, admin=str(address))
-    _set_title(f"rrproxy: front {config.worker.app} [{' '.join(url_of(s) for s in listeners)}]")
-    front = Front(config, listeners, admin_sock, policy)
+    if config.admin == "off":
+        return config, None, policy
     try:
-        trio.run(front.run)
-    except BaseExceptionGroup as group:
-        for kind, code in ((BootError, 2), (RestartStorm, 3)):
-            matched = group.subgroup(kind)
-            if matched is not None:
-                announce(f"rrproxy: error: {_first_leaf(matched)}", "error")
-                return code
-        raise
-    finally:
-        for open_sock in (*listeners, admin_sock):
-            if open_sock is not None:
-                try:
-                    open_sock.close()
-                except OSError:
-                    pass
-        _remove_unix_paths(owned)
-    return front.exit_code
+        if config.admin is None:
+            address = default_admin(first[1] if tcp else _unix_name(listeners[0]))
+        else:
+            address = parse_admin(config.admin, config.admin_token)
+        admin_sock = bind_admin(address)
+    except ConfigError as exc:
+        raise BindError(str(exc)) from None
+    return dataclasses.replace(config, admin=str(address)), admin_sock, policy
 
 
 def _owned_unix_paths(config: Config) -> dict[str, int]:
     """The unix sockets this front bound, by inode: removed when it stops (as gunicorn
     does), unless another server has bound the path since."""
-    owned = {}
+    paths = []
     for text in config.binds:
         address = parse_bind(text)
-        if address.kind == "unix":
+        if address.kind == "unix" and address.path is not None:
+            paths.append(address.path)
+    return _inodes(paths)
+
+
+def _inodes(paths: list[str]) -> dict[str, int]:
+    owned = {}
+    for path in paths:
+        if isinstance(path, str) and path and not path.startswith("\0"):
             try:
-                owned[address.path] = os.stat(address.path).st_ino
+                owned[path] = os.stat(path).st_ino
             except OSError:
                 pass
     return owned

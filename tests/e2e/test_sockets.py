@@ -90,6 +90,26 @@ def test_a_stale_socket_file_is_replaced_but_a_live_one_is_not(tmp_path: Path):
         assert "another server listens there" in second.stderr
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [("--policy", "nosuchmodule:policy"), ("--admin", "unix:{tmp}/no/such/dir/admin.sock")],
+    ids=["policy", "admin"],
+)
+def test_a_failed_start_leaves_no_socket_file_behind(tmp_path: Path, bad: tuple[str, str]):
+    """The bind succeeded, then the start failed (a policy that does not import, an
+    admin socket that cannot be bound): the unix socket file made is removed."""
+    uds = tmp_path / "app.sock"
+    option, value = bad[0], bad[1].format(tmp=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "rrproxy", "--uds", str(uds), "--workers", "1", option, value,
+         PROBE],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 LAUNCHER = textwrap.dedent(
     """
     # What systemd does for a .socket unit: bind, pass the sockets from fd 3 on,
