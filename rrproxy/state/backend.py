@@ -38,9 +38,7 @@ class StateBackend(Protocol):
     seconds. Raises StateUnavailable when the store cannot be reached, StateFull at
     its limit, and StateError for anything else it refuses."""
 
-    async def request(
-        self, op: str, key: str, value: Any = None, ttl: float | None = None
-    ) -> Any:
+    async def request(self, op: str, key: str, value: Any = None, ttl: float | None = None) -> Any:
         """Do `op` ("get", "set", "delete", "incr" or "expire") on `key`: for get the
         tagged value or None, for incr the new integer, for the others whether it
         took effect. `value` is the tagged value for set, the step for incr."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-from ..worker.backend import Backend, Stream
+from ..worker.backend import Backend, Event, Stream
 from .backend import StateError, StateUnavailable
 
 POOL_SIZE = 4
@@ -34,13 +35,19 @@ def parse_url(url: str) -> dict[str, Any]:
     anything else. The password falls back to $RRPROXY_REDIS_PASSWORD."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"--state must be memory or redis://host:port/db, got {url!r}")
+        raise ValueError(f"--state must be memory or redis://host:port/db, got {_masked(url)!r}")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
-        raise ValueError(f"--state {url}: the database must be a number")
+        raise ValueError(f"--state {_masked(url)}: the database must be a number")
+    try:
+        port = parts.port  # urllib raises ValueError for "abc" and for 99999
+    except ValueError:
+        port = 0
+    if port == 0 and parts.netloc.rpartition("@")[2].rpartition("]")[2].count(":"):
+        raise ValueError(f"--state {_masked(url)}: the port must be a number from 1 to 65535")
     return {
         "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 6379,
+        "port": port or 6379,
         "db": int(db),
         "password": unquote(parts.password)
         if parts.password
@@ -48,6 +55,17 @@ def parse_url(url: str) -> dict[str, Any]:
         "username": unquote(parts.username) if parts.username else None,
         "tls": parts.scheme == "rediss",
     }
+
+
+def _masked(url: str) -> str:
+    """The URL with its password replaced, for error messages: they reach the
+    terminal and the logs (the standard: redis-py's and SQLAlchemy's URL reprs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl()
 
 
 def _command(*args: Any) -> bytes:
@@ -77,6 +95,38 @@ class _Connection:
             self.reader.feed(data)
 
 
+class _Slots:
+    """A FIFO counting semaphore on the worker's Backend (whose Event is all the two
+    loops share): a freed slot is handed to the longest waiter, so no caller starves
+    and every waiter is woken in turn."""
+
+    def __init__(self, backend: Backend, size: int) -> None:
+        self.backend = backend
+        self.free = size
+        self._waiters: deque[Event] = deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        event = self.backend.event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event in self._waiters:
+                self._waiters.remove(event)
+            else:
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()
+        else:
+            self.free += 1
+
+
 class RedisBackend:
     """Implements the same `request(op, key, value, ttl)` as the memory client."""
 
@@ -84,8 +134,7 @@ class RedisBackend:
         self.options = parse_url(url)
         self.backend = backend
         self._idle: list[_Connection] = []
-        self._in_use = 0
-        self._slot_free = backend.event()
+        self._slots = _Slots(backend, POOL_SIZE)
         self._down_until = 0.0
         self._backoff = BACKOFF_INITIAL
 
@@ -96,13 +145,18 @@ class RedisBackend:
                 options["host"], options["port"], options["host"] if options["tls"] else None
             )
             connection = _Connection(stream)
-            if options["password"]:
-                auth = ([options["username"]] if options["username"] else []) + [
-                    options["password"]
-                ]
-                await connection.call("AUTH", *auth)
-            if options["db"]:
-                await connection.call("SELECT", options["db"])
+            try:
+                if options["password"]:
+                    auth = ([options["username"]] if options["username"] else []) + [
+                        options["password"]
+                    ]
+                    await connection.call("AUTH", *auth)
+                if options["db"]:
+                    await connection.call("SELECT", options["db"])
+            except BaseException:
+                # A refused password, a timeout or a cancel: the stream is ours.
+                await _close_quietly(stream)
+                raise
             return connection
         raise TimeoutError(f"no connection within {CONNECT_TIMEOUT:g} s") from None
 
@@ -110,15 +164,11 @@ class RedisBackend:
         now = self.backend.current_time()
         if now < self._down_until:
             raise StateUnavailable("redis is unreachable (retrying)")
-        while self._in_use >= POOL_SIZE:
-            self._slot_free = self.backend.event()
-            await self._slot_free.wait()
-        self._in_use += 1
+        await self._slots.acquire()
         try:
             return await self._execute_pooled(*args)
         finally:
-            self._in_use -= 1
-            self._slot_free.set()
+            self._slots.release()
 
     async def _execute_pooled(self, *args: Any) -> Any:
         # A pooled connection may have died with a Redis restart: one retry on a
@@ -145,6 +195,12 @@ class RedisBackend:
                 self._down_until = self.backend.current_time() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                 raise StateUnavailable(f"redis is unreachable: {exc}") from None
+            except BaseException:
+                if connection is not None:
+                    # Cancelled midway (the client went away): the reply may still
+                    # arrive, and the next caller would read it as its own.
+                    await _close_quietly(connection.stream)
+                raise
             self._backoff = BACKOFF_INITIAL
             self._idle.append(connection)
             return result

@@ -1,6 +1,6 @@
-"""The Redis backend without Redis: the URL, the RESP encoding and the value codec on
-plain bytes, and RedisBackend over fake streams (a tiny in-memory Redis that records
-every command) on trio's mock clock. The real server is tests/e2e/test_state_redis.py."""
+"""RedisBackend without Redis: over fake streams (a tiny in-memory Redis that records
+every command) on trio's mock clock. The URL and the codecs on plain values are in
+test_redis_codec.py; the real server is tests/e2e/test_state_redis.py."""
 
 from __future__ import annotations
 
@@ -21,122 +21,8 @@ from .redis import (
     CONNECT_TIMEOUT,
     POOL_SIZE,
     RedisBackend,
-    _command,
-    _from_redis,
-    _to_redis,
-    parse_url,
 )
-
-# --- parse_url ----------------------------------------------------------------------------
-
-
-def test_parse_url_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RRPROXY_REDIS_PASSWORD", raising=False)
-    assert parse_url("redis://") == {
-        "host": "127.0.0.1",
-        "port": 6379,
-        "db": 0,
-        "password": None,
-        "username": None,
-        "tls": False,
-    }
-    assert parse_url("redis://cache/")["db"] == 0
-
-
-def test_parse_url_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RRPROXY_REDIS_PASSWORD", "from-env")
-    options = parse_url("rediss://app%3Auser:p%40ss%2Fw@redis.example:7000/3")
-    assert options == {
-        "host": "redis.example",
-        "port": 7000,
-        "db": 3,
-        "password": "p@ss/w",  # the URL's wins over the environment's
-        "username": "app:user",
-        "tls": True,
-    }
-    assert parse_url("redis://[::1]:6380/1")["host"] == "::1"
-    assert parse_url("redis://h:1/2")["password"] == "from-env"
-    assert parse_url("redis://:secret@h")["password"] == "secret"
-    assert parse_url("redis://:secret@h")["username"] is None
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("memory", "--state must be memory or redis://host:port/db, got 'memory'"),
-        ("http://h:6379/0", "--state must be memory or redis://host:port/db, got 'http://h"),
-        ("redis://h/zero", "--state redis://h/zero: the database must be a number"),
-        ("redis://h/1/2", "--state redis://h/1/2: the database must be a number"),
-        ("redis://h/-1", "--state redis://h/-1: the database must be a number"),
-    ],
-)
-def test_parse_url_refuses(url: str, message: str) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_url(url)
-    assert str(caught.value).startswith(message)
-
-
-# --- RESP and the value codec ----------------------------------------------------------------
-
-
-def test_command_is_a_resp_array_of_bulk_strings() -> None:
-    assert _command("GET", "k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
-    assert _command("SET", "k", b"\x00\r\n", "PX", 1500) == (
-        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\x00\r\n\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
-    )
-    assert _command("GET", "") == b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n"
-    # Lengths are in bytes, not characters.
-    assert _command("GET", "caf\u00e9") == b"*2\r\n$3\r\nGET\r\n$5\r\ncaf\xc3\xa9\r\n"
-
-
-def test_command_parses_back() -> None:
-    reader = hiredis.Reader()
-    reader.feed(_command("INCRBY", "n:\u00e9", -3) + _command("SET", "b", b"\xff" * 1000))
-    assert reader.gets() == [b"INCRBY", "n:\u00e9".encode(), b"-3"]
-    assert reader.gets() == [b"SET", b"b", b"\xff" * 1000]
-    assert reader.gets() is False
-
-
-def j(value: object) -> dict[str, object]:
-    return {"t": "json", "v": value}
-
-
-@pytest.mark.parametrize(
-    ("tagged", "stored"),
-    [
-        (j(42), b"42"),
-        (j(-7), b"-7"),
-        (j(0), b"0"),
-        (j(2**70), str(2**70).encode()),
-        (j(True), b"jtrue"),  # a bool is no counter
-        (j(1.5), b"j1.5"),
-        (j("42"), b'j"42"'),
-        (j(None), b"jnull"),
-        (j({"user": 7, "tags": ["a"]}), b'j{"user":7,"tags":["a"]}'),
-        (j("caf\u00e9"), b'j"caf\\u00e9"'),
-        ({"t": "bytes", "v": "AP8="}, b"b\x00\xff"),
-        ({"t": "bytes", "v": ""}, b"b"),
-    ],
-)
-def test_values_round_trip(tagged: dict[str, Any], stored: bytes) -> None:
-    assert _to_redis(tagged) == stored
-    assert _from_redis(stored) == tagged
-
-
-def test_missing_values_are_none() -> None:
-    assert _from_redis(None) is None
-
-
-@pytest.mark.parametrize("raw", [b"", b"hello", b"1.5", b"x42", b"\xff"])
-def test_values_not_in_rrproxys_format_are_refused(raw: bytes) -> None:
-    with pytest.raises(StateError, match="the stored value is not in rrproxy's format"):
-        _from_redis(raw)
-
-
-def test_a_bad_json_value_is_not_silently_accepted() -> None:
-    with pytest.raises(ValueError):
-        _from_redis(b"j{broken")
-
+from .test_redis_codec import j
 
 # --- a fake Redis ----------------------------------------------------------------------------
 
@@ -332,12 +218,6 @@ async def test_a_refused_password_is_a_state_error() -> None:
         await redis.request("get", "k")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisBackend._execute_pooled: when AUTH or SELECT fails in _connect, the "
-    "stream it opened is never closed (the except clause only closes `connection`, "
-    "still None)",
-)
 async def test_a_refused_password_closes_the_connection() -> None:
     redis, server, _ = client("redis://:wrong@cache")
     server.password = b"right"
@@ -393,12 +273,6 @@ async def test_concurrent_calls_share_a_bounded_pool(
     assert server.connects == POOL_SIZE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisBackend._execute: every waiter for a pool slot replaces _slot_free with "
-    "its own event, and a freed slot sets only the newest one: with two or more waiting, "
-    "the older ones are never woken and their calls hang",
-)
 async def test_more_callers_than_connections_all_get_an_answer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -415,6 +289,58 @@ async def test_more_callers_than_connections_all_get_an_answer(
             for _ in range(count):
                 nursery.start_soon(call)
     assert sorted(results) == list(range(1, count + 1))
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_rest_are_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client()
+    server.delay = 0.01
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await redis.request("incr", "n", 1))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(POOL_SIZE):
+                nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as doomed:
+                doomed.cancel()
+                await redis.request("get", "n")
+            nursery.start_soon(call)
+            nursery.start_soon(call)
+    assert sorted(results) == list(range(1, POOL_SIZE + 3))
+    assert redis._slots.free == POOL_SIZE
+
+
+async def test_a_call_cancelled_midway_closes_its_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its reply may still arrive: left in the pool, the next caller would read the
+    # cancelled call's answer as its own.
+    redis, server, _ = client()
+    await redis.request("set", "k", j(1))
+    server.delay = 1.0
+    with trio.move_on_after(0.5):
+        await redis.request("incr", "n", 1)
+    (first,) = server.streams
+    assert first.closed
+    server.delay = 0.0
+    assert await redis.request("get", "k") == j(1)
+    assert server.connects == 2
+    assert redis._slots.free == POOL_SIZE
+
+
+async def test_a_connect_cancelled_during_auth_closes_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    redis, server, _ = client("redis://:pw@cache")
+    server.delay = 1.0
+    with trio.move_on_after(0.5):
+        await redis.request("get", "k")
+    assert [stream.closed for stream in server.streams] == [True]
 
 
 async def test_one_more_caller_than_connections_waits_for_a_slot(
