@@ -25,15 +25,21 @@ def _json(port: int, path: str) -> dict:
 def test_incr_is_exact_across_workers_and_values_round_trip(redis):
     with RRProxy("--state", redis.url, STATEFUL, workers=4) as server:
 
+        errors: list[BaseException] = []
+
         def client() -> None:
-            for _ in range(50):
-                _json(server.port, "/incr?key=hits")
+            try:
+                for _ in range(50):
+                    _json(server.port, "/incr?key=hits")
+            except BaseException as exc:  # reported below, with the server's log
+                errors.append(exc)
 
         threads = [threading.Thread(target=client) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
+        assert not errors, (errors, server.output()[-4000:])
         assert _json(server.port, "/incr?key=hits&by=0")["value"] == 400
         _json(server.port, "/set?key=b&value=raw&kind=bytes")
         assert _json(server.port, "/get?key=b") == {"value": "raw", "type": "bytes"}
