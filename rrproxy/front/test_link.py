@@ -1,30 +1,20 @@
-"""WorkerLink over a real channel (a SOCK_SEQPACKET socketpair), with the worker's end
-driven from here: the handshake, every message a ready worker may send, and what a
-worker that breaks the protocol gets. No worker process: a fake stands in for it."""
+"""WorkerLink after the handshake (fake_link.Harness drives the worker's end of a real
+channel): every message a ready worker may send, and what a worker that breaks the
+protocol gets. The handshake and the channel's end are in test_link_lifecycle.py."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from ..config import Config, WorkerConfig
-from ..ipc.channel import WorkerChannel, socketpair
 from ..ipc.messages import (
     LATENCY_BUCKETS,
     PROTOCOL_VERSION,
-    Configure,
-    Failed,
     Hello,
     Load,
     Message,
@@ -37,295 +27,8 @@ from ..ipc.messages import (
     Taken,
     UserMessage,
 )
-from .dispatcher import Dispatcher
-from .link import CHANNEL_EOF_GRACE, HELLO_TIMEOUT, MAX_BREACHES, WorkerLink
-from .policies import RoundRobin
-from .process import WorkerProcess
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-class FakeProcess:
-    """The worker process as WorkerProcess and WorkerLink use it."""
-
-    def __init__(self) -> None:
-        self.pid = 4242
-        self.returncode: int | None = None
-        self.signals: list[int] = []
-        self._exited = trio.Event()
-
-    async def wait(self) -> int:
-        await self._exited.wait()
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        self.signals.append(signum)
-        self.exit(-signum)
-
-    def exit(self, code: int) -> None:
-        self.returncode = code
-        self._exited.set()
-
-    @property
-    def killed(self) -> bool:
-        return signal.SIGKILL in self.signals
-
-
-class RecordingDispatcher(Dispatcher):
-    """Records what the link asks of the dispatcher."""
-
-    def __init__(self) -> None:
-        super().__init__(RoundRobin(), lambda: [], max_held=100)
-        self.calls: list[tuple[str, int]] = []
-
-    def taken(self, worker: WorkerProcess, conn_id: int) -> None:
-        self.calls.append(("taken", conn_id))
-
-    def rejected(self, worker: WorkerProcess, conn_id: int) -> None:
-        self.calls.append(("rejected", conn_id))
-
-    def load_changed(self) -> None:
-        self.calls.append(("load", -1))
-
-
-class Harness:
-    def __init__(
-        self,
-        *,
-        handoff: bool = True,
-        listeners: list[socket.socket] | None = None,
-        ready_timeout: float = 60.0,
-    ) -> None:
-        self.baseline = _open_fds()
-        front_end, worker_end = socketpair()
-        self.raw = worker_end  # for bytes no well-behaved worker sends
-        self.process = FakeProcess()
-        self.worker = WorkerProcess(
-            3, cast(trio.Process, self.process), WorkerChannel(front_end, accepts_fds=False)
-        )
-        self.peer = WorkerChannel(worker_end)
-        self.config = Config(
-            WorkerConfig(app="app:handler", keep_alive=7.5, forwarded_allow_ips=("10.0.0.1",)),
-            workers=2,
-            ready_timeout=ready_timeout,
-        )
-        self.dispatcher = RecordingDispatcher() if handoff else None
-        self.ready_calls: list[WorkerProcess] = []
-        self.retired: list[str] = []
-        self.user_messages: list[UserMessage] = []
-        self.state_requests: list[StateRequest] = []
-        self.link = WorkerLink(
-            self.worker,
-            self.config,
-            listeners or [],
-            self.dispatcher,
-            on_ready=self.ready_calls.append,
-            on_retire=lambda worker, reason: self.retired.append(reason),
-            on_user_message=lambda worker, message: self.user_messages.append(message),
-            on_state_request=lambda worker, message: self.state_requests.append(message),
-            quiet_failures=lambda: False,
-            worker_count=lambda: 2,
-        )
-        self.finished = False
-
-    async def run(self) -> None:
-        await self.link.run()
-        self.finished = True
-
-    async def send(self, message: Message) -> None:
-        await self.peer.send(message)
-        await trio.testing.wait_all_tasks_blocked()
-
-    async def send_raw(self, data: bytes) -> None:
-        self.raw.send(data)
-        await trio.testing.wait_all_tasks_blocked()
-
-    async def handshake(self) -> Configure:
-        await self.peer.send(Hello(PROTOCOL_VERSION, self.process.pid))
-        message, fds = await self.peer.receive()
-        assert isinstance(message, Configure)
-        assert fds == []
-        await self.send(Ready())
-        assert self.link.ready
-        return message
-
-    @property
-    def calls(self) -> list[tuple[str, int]]:
-        assert self.dispatcher is not None
-        return self.dispatcher.calls
-
-    def close(self) -> None:
-        self.peer.close()
-        self.worker.channel.close()
-        assert _open_fds() == self.baseline, "a descriptor was left open"
-
-
-@asynccontextmanager
-async def linked(harness: Harness) -> AsyncIterator[Harness]:
-    """The link running, its handshake done."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(harness.run)
-        await harness.handshake()
-        yield harness
-        nursery.cancel_scope.cancel()
-    harness.close()
-
-
-# --- handshake ----------------------------------------------------------------------
-
-
-async def test_hello_gets_configure_and_ready_reports_ready() -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.peer.send(Hello(PROTOCOL_VERSION, h.process.pid))
-        message, fds = await h.peer.receive()
-        assert isinstance(message, Configure)
-        assert fds == []
-        assert message.worker_id == 3
-        assert message.listeners == 0
-        assert message.worker_count == 2
-        # What the worker rebuilds its configuration from (tuples travel as lists).
-        assert message.config == json.loads(json.dumps(h.config.worker.to_dict()))
-        assert WorkerConfig.from_dict(message.config).keep_alive == 7.5
-        await trio.testing.wait_all_tasks_blocked()
-        assert not h.link.ready and h.ready_calls == []
-        await h.send(Ready())
-        assert h.link.ready
-        assert h.ready_calls == [h.worker]
-        assert not h.process.killed
-        nursery.cancel_scope.cancel()
-    h.close()
-
-
-async def test_configure_carries_the_shared_listeners() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    h = Harness(listeners=[listener])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.peer.send(Hello(PROTOCOL_VERSION, h.process.pid))
-        message, fds = await h.peer.receive()
-        assert isinstance(message, Configure)
-        assert message.listeners == 1
-        (fd,) = fds
-        with socket.socket(fileno=fd) as received:
-            assert received.getsockname() == listener.getsockname()
-        nursery.cancel_scope.cancel()
-    h.close()
-    listener.close()
-
-
-async def test_stats_and_failed_before_ready_are_taken_in() -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.peer.send(Hello(PROTOCOL_VERSION, h.process.pid))
-        await h.peer.receive()
-        await h.send(Stats(1, 0, 0))
-        assert h.worker.stats_received == 1
-        await h.send(Failed("startup", "lifespan startup failed: no database"))
-        assert h.worker.failure == "lifespan startup failed: no database"
-        assert not h.process.killed and not h.link.ready
-        await h.send(Ready())
-        assert h.link.ready
-        nursery.cancel_scope.cancel()
-    h.close()
-
-
-@pytest.mark.parametrize(
-    ("first", "why"),
-    [
-        (Hello(PROTOCOL_VERSION + 1, 4242), "protocol version"),
-        (Ready(), "expected Hello, got Ready"),
-        (Stats(0, 0, 0), "expected Hello, got Stats"),
-    ],
-)
-async def test_a_bad_first_message_kills_the_worker(first: Message, why: str) -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.send(first)
-    assert h.finished and h.process.killed
-    assert h.worker.failure is not None and why in h.worker.failure
-    assert h.ready_calls == []
-    h.close()
-
-
-@pytest.mark.parametrize(
-    ("message", "why"),
-    [
-        (Taken(1, 1), "unexpected Taken before Ready"),
-        (Retire("bored"), "unexpected Retire before Ready"),
-        (Stats(-1, 0, 0), "connections_total out of range"),
-    ],
-)
-async def test_a_breach_before_ready_kills_the_worker(message: Message, why: str) -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.peer.send(Hello(PROTOCOL_VERSION, h.process.pid))
-        await h.peer.receive()
-        await h.send(message)
-    assert h.finished and h.process.killed
-    assert h.worker.failure == f"protocol error: {why}"
-    assert h.calls == [] and h.retired == []
-    h.close()
-
-
-async def test_garbage_during_the_handshake_kills_the_worker() -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.send_raw(b"\xfe not a message")
-    assert h.finished and h.process.killed
-    assert h.worker.failure is not None and "unknown message tag" in h.worker.failure
-    h.close()
-
-
-async def test_no_hello_in_time_kills_the_worker(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await trio.sleep(HELLO_TIMEOUT - 1)
-        assert not h.process.killed
-        await trio.sleep(2)
-        assert h.finished and h.process.killed
-    assert h.worker.failure == "did not become ready in time"
-    h.close()
-
-
-async def test_no_ready_in_time_kills_the_worker(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(ready_timeout=5.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.peer.send(Hello(PROTOCOL_VERSION, h.process.pid))
-        await h.peer.receive()
-        await trio.sleep(4)
-        await h.send(Stats(0, 0, 0))  # progress reports do not extend the deadline
-        assert not h.process.killed
-        await trio.sleep(2)
-        assert h.finished and h.process.killed
-    assert h.worker.failure == "did not become ready in time"
-    h.close()
-
-
-async def test_the_hello_timeout_log_names_the_timeout_that_expired(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    h = Harness(ready_timeout=5.0)
-    with caplog.at_level(logging.ERROR, "rrproxy.front"):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.run)
-            await trio.sleep(HELLO_TIMEOUT + 1)
-    h.close()
-    assert h.process.killed
-    assert f"within {HELLO_TIMEOUT:g} s" in caplog.text
-
+from .fake_link import Harness, linked, open_fd_count
+from .link import MAX_BREACHES
 
 # --- a ready worker's messages ----------------------------------------------------------
 
@@ -489,11 +192,11 @@ async def test_handoff_answers_without_handoff_are_a_breach(message: Message) ->
 async def test_an_fd_from_a_worker_is_refused_and_closed() -> None:
     async with linked(Harness()) as h:
         left, right = socket.socketpair()
-        before = _open_fds()
+        before = open_fd_count()
         await h.peer.send(Load(1), [left.fileno()])
         await trio.testing.wait_all_tasks_blocked()
         assert len(h.retired) == 1 and "arrived with 1 fds" in h.retired[0]
-        assert _open_fds() == before  # the copy the front received is closed
+        assert open_fd_count() == before  # the copy the front received is closed
         assert h.worker.connections_active == 0
         left.close()
         right.close()
@@ -519,66 +222,4 @@ async def test_a_flood_of_breaches_kills_the_worker() -> None:
         await h.send_raw(b"\xfe")
         assert h.process.killed and h.finished
     assert len(h.retired) == 1
-    h.close()
-
-
-# --- the end of the channel -----------------------------------------------------------------
-
-
-async def test_a_worker_that_closes_its_channel_and_lives_on_is_killed(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.handshake()
-        h.peer.close()
-        await trio.sleep(CHANNEL_EOF_GRACE - 0.5)
-        assert not h.process.killed
-        await trio.sleep(1)
-        assert h.process.killed and h.finished
-    h.close()
-
-
-async def test_a_worker_that_exits_is_not_killed(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    h = Harness()
-    with caplog.at_level(logging.ERROR, "rrproxy.front"):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.run)
-            await h.handshake()
-            h.peer.close()
-            await trio.sleep(CHANNEL_EOF_GRACE / 2)
-            h.process.exit(0)
-            await trio.testing.wait_all_tasks_blocked()
-            assert h.finished
-    assert h.process.signals == []
-    assert caplog.text == ""
-    h.close()
-
-
-async def test_read_remaining_handles_what_a_dead_worker_left_behind() -> None:
-    h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.run)
-        await h.handshake()
-        nursery.cancel_scope.cancel()
-    # The link's task is gone (the process exited); its last answers are still queued.
-    await h.peer.send(Taken(4, 2))
-    h.raw.send(b"\xfe")  # skipped, not fatal
-    await h.peer.send(Taken(5, 1))
-    h.peer.close()
-    h.link.read_remaining()
-    assert h.calls == [("taken", 4), ("taken", 5)]
-    assert h.worker.connections_active == 1
-    h.worker.channel.close()
-    assert _open_fds() == h.baseline
-
-
-async def test_read_remaining_before_ready_finds_why_it_failed() -> None:
-    h = Harness()
-    await h.peer.send(Failed("import", "cannot import module 'app'"))
-    h.link.read_remaining()
-    assert h.worker.failure == "cannot import module 'app'"
     h.close()
