@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable
+from typing import cast
 
 import trio
 
@@ -242,6 +243,8 @@ class WorkerLink:
         dispatcher = self.dispatcher
         worker.last_heard = trio.current_time()
         match message:
+            case Taken(active=active) | Load(active=active) if not self._possible(active):
+                raise Breach(f"open connections out of range ({str(active)[:20]})")
             case Taken(conn_id=conn_id, active=active):
                 if dispatcher is None:
                     raise Breach("Taken under a policy without handoff")
@@ -270,10 +273,18 @@ class WorkerLink:
             case _:
                 raise Breach(f"unexpected {type(message).__name__}")
 
+    def _possible(self, active: object) -> bool:
+        """A worker's count of its open connections: the front counts it against
+        --max-connections, which no worker can hold more than (the front stops
+        handing at it; under `none` each worker stops at its share)."""
+        return _count(active) and cast(int, active) <= self.config.max_connections
+
     def _stats(self, stats: Stats) -> None:
-        for name in ("connections_total", "connections_active", "requests_total"):
+        for name in ("connections_total", "requests_total"):
             if not _count(getattr(stats, name)):
                 raise Breach(f"{name} out of range")
+        if not self._possible(stats.connections_active):
+            raise Breach("open connections out of range")
         statuses = stats.statuses
         if len(statuses) > 1000 or not all(
             isinstance(k, str) and _STATUS.fullmatch(k) and _count(v) for k, v in statuses.items()

@@ -126,7 +126,8 @@ def _latency(size: int) -> list[Any]:
 
 BAD_STATS = [
     (Stats(-1, 0, 0), "connections_total out of range"),
-    (Stats(0, -1, 0), "connections_active out of range"),
+    (Stats(0, -1, 0), "open connections out of range"),
+    (Stats(0, 10001, 0), "open connections out of range"),
     (Stats(0, 0, 2**63), "requests_total out of range"),
     (Stats(1, 1, 1, {"200": -1}), "malformed status counts"),
     (Stats(1, 1, 1, {"200": 1.5}), "malformed status counts"),
@@ -179,6 +180,17 @@ async def test_out_of_place_messages_are_a_breach(message: Message, why: str) ->
         await h.send(message)
         assert len(h.retired) == 1 and why in h.retired[0]
         assert h.user_messages == [] and not h.process.killed
+
+
+@pytest.mark.parametrize("message", [Taken(1, 10001), Load(10001), Load(2**32 - 1)])
+async def test_an_impossible_count_of_open_connections_is_a_breach(message: Message) -> None:
+    # Counted against --max-connections (10000 here) for every worker: a worker that
+    # claimed it holds them all would stop the front handing connections to anyone.
+    async with linked(Harness()) as h:
+        await h.send(message)
+        assert len(h.retired) == 1 and "open connections out of range" in h.retired[0]
+        assert h.worker.connections_active == 0
+        assert h.calls == []
 
 
 @pytest.mark.parametrize("message", [Taken(1, 1), Rejected(1)])
