@@ -155,6 +155,10 @@ def test_sizes_and_optional_numbers() -> None:
         ({"RRPROXY_UDS_MODE": "rw"}, "$RRPROXY_UDS_MODE: expected an octal file mode"),
         ({"RRPROXY_MAX_BODY_SIZE": "big"}, "$RRPROXY_MAX_BODY_SIZE: invalid size 'big'"),
         ({"RRPROXY_FD": "3,x"}, "$RRPROXY_FD: expected a whole number, got 'x'"),
+        ({"RRPROXY_KEEP_ALIVE": "inf"}, "$RRPROXY_KEEP_ALIVE: expected a number of seconds, got"),
+        ({"RRPROXY_TIMEOUT": "nan"}, "$RRPROXY_TIMEOUT: expected a number of seconds, got 'nan'"),
+        ({"RRPROXY_WS_PING_TIMEOUT": "1e400"}, "$RRPROXY_WS_PING_TIMEOUT: expected a number"),
+        ({"RRPROXY_MAX_MEMORY": "inf"}, "$RRPROXY_MAX_MEMORY: invalid size 'inf'"),
     ],
 )
 def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -170,6 +174,9 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], message: 
         (["--workers", "two"], "--workers: expected a whole number, got 'two'"),
         (["--fd", "3", "--fd", "x"], "--fd: expected a whole number, got 'x'"),
         (["--limit-concurrency", "many"], "--limit-concurrency: expected a whole number"),
+        (["--max-body-size", "inf"], "--max-body-size: invalid size 'inf'"),
+        (["--ssl-handshake-timeout", "inf"], "--ssl-handshake-timeout: expected a number"),
+        (["--ws-ping-interval", "nan"], "--ws-ping-interval: expected a number of seconds"),
     ],
 )
 def test_bad_command_line_values_name_the_flag(argv: list[str], message: str) -> None:
@@ -197,15 +204,31 @@ def test_argparse_errors_are_one_line_and_exit_2(
     [
         ("wokers = 4\n", "{path}, line 1: unknown option 'wokers'"),
         ('app = "a:b"\nkeep-alive = "fast"\n', "{path}, line 2: keep-alive: expected a number"),
-        ("workers = true\n", "{path}, line 1: workers: expected N, got True"),
+        ("workers = true\n", "{path}, line 1: workers: expected a whole number, got True"),
         ("workers = 2.5\n", "{path}, line 1: workers: expected a whole number, got '2.5'"),
         ('loop = "gevent"\n', "{path}, line 1: loop: must be one of auto, trio, asyncio"),
         ("bind = 8000\n", "{path}, line 1: bind: expected a list, got 8000"),
         ('config = "other.toml"\n', "{path}, line 1: unknown option 'config'"),
         ("print-config = true\n", "{path}, line 1: unknown option 'print-config'"),
         ("workers = \n", "{path}: not valid TOML"),
+        # TOML's own types: the wrong one is named, and the numbers get the text's checks.
+        ("limit-concurrency = true\n", '{path}, line 1: limit-concurrency: expected a whole '
+         'number or "off", got True'),
+        ("uds-mode = 660\n", '{path}, line 1: uds-mode: expected an octal file mode in '
+         'quotes, such as "660", got 660'),
+        ("debug = 1\n", "{path}, line 1: debug: expected true or false, got 1"),
+        ("fd = [3, true]\n", "{path}, line 1: fd: expected a whole number, got True"),
+        ("bind = [8000]\n", "{path}, line 1: bind: expected text, got 8000"),
+        ("max-body-size = inf\n", "{path}, line 1: max-body-size: invalid size 'inf'"),
+        ("max-body-size = nan\n", "{path}, line 1: max-body-size: invalid size 'nan'"),
+        ("max-memory = -1\n", "{path}, line 1: max-memory: invalid size '-1'"),
+        ("ws-max-size = -1\n", "{path}, line 1: ws-max-size: invalid size '-1'"),
+        ("keep-alive = inf\n", "{path}, line 1: keep-alive: expected a number of seconds"),
+        ("timeout = nan\n", "{path}, line 1: timeout: expected a number of seconds"),
+        ("ws-ping-interval = -inf\n", "{path}, line 1: ws-ping-interval: expected a number"),
+        ("graceful-timeout = 1e400\n", "{path}, line 1: graceful-timeout: expected a number"),
     ],
-)
+)  # fmt: skip
 def test_bad_file_values_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path / "rrproxy.toml", text)
     with pytest.raises(ConfigError) as caught:
@@ -224,11 +247,6 @@ def test_tool_rrproxy_must_be_a_table(tmp_path: Path) -> None:
         settings(["a:b"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources._line_of finds the key's first line anywhere in the file, not in "
-    "[tool.rrproxy]: another tool's `timeout` names the wrong line",
-)
 def test_the_line_named_is_the_one_in_the_rrproxy_table(tmp_path: Path) -> None:
     path = write(
         tmp_path / "pyproject.toml",
@@ -239,14 +257,62 @@ def test_the_line_named_is_the_one_in_the_rrproxy_table(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"{path}, line 5: timeout:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="options.coerce takes TOML integers only for _int/_float/size options: "
-    "limit-concurrency = 100 is refused with 'expected text, got 100'",
-)
-def test_limit_concurrency_as_a_toml_integer(tmp_path: Path) -> None:
-    path = write(tmp_path / "rrproxy.toml", "limit-concurrency = 100\n")
-    assert settings(["--config", str(path), "a:b"])["limit_concurrency"] == 100
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # Dotted keys, and an inline table (named by its own line).
+        ('[tool.pytest.ini_options]\ntimeout = 60\n[tool]\nrrproxy.timeout = "soon"\n', 4),
+        ('[tool.other]\ntimeout = 60\n[tool]\nrrproxy = { timeout = "soon" }\n', 4),
+        ('tool.other.timeout = 60\ntool.rrproxy.timeout = "soon"\n', 2),
+        ('[ tool . "rrproxy" ]  # quoted, spaced\n\ntimeout = "soon"\n', 3),
+        ('[[tool.other]]\ntimeout = 1\n[tool.rrproxy]\ntimeout = "soon"\n', 4),
+    ],
+)  # fmt: skip
+def test_the_line_named_follows_tables_and_dotted_keys(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    path = write(tmp_path / "pyproject.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        settings(["a:b"])
+    assert str(caught.value).startswith(f"{path}, line {line}: timeout:")
+
+
+def test_the_origin_is_the_line_in_the_rrproxy_table(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "pyproject.toml",
+        "[tool.other]\nworkers = 9\n\n[tool.rrproxy]\nworkers = 2\n\n[[tool.more]]\nworkers = 1\n",
+    )
+    s = settings(["a:b"])
+    assert s["workers"] == 2 and s.origins["workers"] == f"{path}, line 5"
+
+
+def test_the_line_named_is_not_inside_a_multi_line_string(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "rrproxy.toml",
+        "access-log-format = \"\"\"\nworkers = 1\n\"\"\"\nroot-path = '''\nworkers = 2'''\n"
+        'workers = "four"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        settings(["--config", str(path), "a:b"])
+    assert str(caught.value).startswith(f"{path}, line 6: workers:")
+
+
+def test_toml_numbers_and_booleans_where_they_make_sense(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "rrproxy.toml",
+        "limit-concurrency = 100\nmax-body-size = 1.5e3\nws-max-size = 4096\n"
+        'uds-mode = "600"\nkeep-alive = 2\nfd = [3, "4"]\nfactory = true\n',
+    )
+    s = settings(["--config", str(path), "a:b"])
+    assert s["limit_concurrency"] == 100
+    assert s["max_body_size"] == 1500
+    assert s["ws_max_size"] == 4096
+    assert s["uds_mode"] == 0o600
+    assert s["keep_alive"] == 2.0 and isinstance(s["keep_alive"], float)
+    assert s["fd"] == (3, 4)
+    assert s["factory"] is True
+    write(path, 'limit-concurrency = "off"\n')
+    assert settings(["--config", str(path), "a:b"])["limit_concurrency"] is None
 
 
 def test_coerce_takes_toml_native_types() -> None:
@@ -256,8 +322,11 @@ def test_coerce_takes_toml_native_types() -> None:
     assert coerce(BY_NAME["max_body_size"], "4k") == 4096
     assert coerce(BY_NAME["debug"], True) is True
     assert coerce(BY_NAME["bind"], "a:1,b:2") == ("a:1", "b:2")
+    assert coerce(BY_NAME["limit_concurrency"], 7) == 7
     with pytest.raises(ConfigError, match="expected text, got"):
         coerce(BY_NAME["host"], 5)
+    with pytest.raises(ConfigError, match=r"^expected a whole number, got '2\.5'"):
+        coerce(BY_NAME["limit_concurrency"], 2.5)
     with pytest.raises(ConfigError, match="expected a list"):
         coerce(BY_NAME["bind"], {"a": 1})
 
