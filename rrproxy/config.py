@@ -4,6 +4,7 @@ the workers need sent to them as JSON in the Configure message."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -203,9 +204,24 @@ class Config:
             )
         if self.backlog < 1:
             raise ConfigError(f"--backlog must be at least 1, got {self.backlog}")
+        if not 0 <= self.uds_mode <= 0o777:
+            raise ConfigError(
+                f"--uds-mode must be between 0 and 777 (octal), got {self.uds_mode:o}"
+            )
         worker = self.worker
-        for name in ("graceful_timeout", "keep_alive", "header_timeout", "send_timeout"):
-            if getattr(worker, name) <= 0 and name != "graceful_timeout":
+        # The parsers refuse inf and nan, but a Config made in Python skips them, and a
+        # nan would slip through every comparison below.
+        for flag, seconds in self._durations():
+            if not math.isfinite(seconds):
+                raise ConfigError(f"--{flag} must be a finite number of seconds, got {seconds}")
+        for name in (
+            "keep_alive",
+            "header_timeout",
+            "send_timeout",
+            "ssl_handshake_timeout",
+            "ws_ping_timeout",
+        ):
+            if getattr(worker, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if worker.graceful_timeout < 0:
             raise ConfigError("--graceful-timeout must not be negative")
@@ -219,6 +235,13 @@ class Config:
             raise ConfigError("--max-headers must be at least 1")
         if worker.max_body_size < 0:
             raise ConfigError("--max-body-size must not be negative")
+        # A limit of 0 would close every WebSocket that sends a non-empty message (1009).
+        if worker.ws_max_size < 1:
+            raise ConfigError("--ws-max-size must be at least 1")
+        if worker.ws_ping_interval < 0:
+            raise ConfigError("--ws-ping-interval must not be negative (0 disables pings)")
+        if self.max_memory < 0:
+            raise ConfigError("--max-memory must not be negative (0 disables it)")
         if worker.limit_concurrency is not None and worker.limit_concurrency < 1:
             raise ConfigError("--limit-concurrency must be at least 1")
         if self.ready_timeout <= 0:
@@ -233,6 +256,23 @@ class Config:
             raise ConfigError("--state-max-memory must be at least 1M")
         if self.max_connections < self.workers:
             raise ConfigError("--max-connections must be at least --workers")
+
+    def _durations(self) -> tuple[tuple[str, float], ...]:
+        """Every option in seconds, by its flag (--timeout is the workers'
+        heartbeat_timeout too)."""
+        worker = self.worker
+        return (
+            ("graceful-timeout", worker.graceful_timeout),
+            ("keep-alive", worker.keep_alive),
+            ("header-timeout", worker.header_timeout),
+            ("send-timeout", worker.send_timeout),
+            ("ssl-handshake-timeout", worker.ssl_handshake_timeout),
+            ("ws-ping-interval", worker.ws_ping_interval),
+            ("ws-ping-timeout", worker.ws_ping_timeout),
+            ("timeout", self.timeout),
+            ("ready-timeout", self.ready_timeout),
+            ("handoff-timeout", self.handoff_timeout),
+        )
 
 
 _UNITS = {
@@ -256,9 +296,10 @@ def parse_size(text: str) -> int:
     number = stripped.rstrip("kmgib")
     unit = stripped[len(number) :]
     try:
-        value = float(number)
-    except ValueError:
-        raise ConfigError(f"invalid size {text!r} (examples: 16K, 1M, 2G)") from None
-    if unit not in _UNITS or value < 0:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        value = math.nan
+    # float() takes "inf", "nan" and "1e400" (inf), which int() cannot convert.
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"invalid size {text!r} (examples: 16K, 1M, 2G)")
-    return int(value * _UNITS[unit])
+    return int(value)

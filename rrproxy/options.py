@@ -4,6 +4,7 @@ command line, the environment (RRPROXY_<NAME>) and config files (rrproxy.toml, o
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ def _int(text: str) -> int:
 
 def _float(text: str) -> float:
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        raise ConfigError(f"expected a number of seconds, got {text!r}") from None
+        seconds = math.nan
+    # float() also takes "inf", "nan" and "1e400": no timeout or interval means that.
+    if not math.isfinite(seconds):
+        raise ConfigError(f"expected a number of seconds, got {text!r}")
+    return seconds
 
 
 def _bool(text: str) -> bool:
@@ -248,8 +253,25 @@ BY_NAME = {option.name: option for option in OPTIONS}
 CLI_ONLY = ("config", "print_config")
 
 
+#: What each parser expects, for the error about a value of the wrong TOML type.
+_EXPECTED: dict[Callable[[str], Any], str] = {
+    _int: "a whole number",
+    _optional_int: 'a whole number or "off"',
+    _float: "a number of seconds",
+    parse_size: 'a size such as "16K" or a number of bytes',
+    _bool: "true or false",
+    _str: "text",
+    # A TOML number would be read as decimal: 660 is not 0o660.
+    _mode: 'an octal file mode in quotes, such as "660"',
+}
+#: The parsers that take a TOML (or Python) number as well as text.
+_NUMERIC = (_int, _optional_int, _float, parse_size)
+
+
 def coerce(option: Option, value: Any) -> Any:
-    """A value from a TOML file (native types) or text (env, command line)."""
+    """A value from a TOML file or rrproxy.Config() (native types) or text (env,
+    command line). ConfigError for a value of the wrong type or out of choices; the
+    caller puts the option's name (or flag, or variable) in front."""
     if option.multiple:
         if isinstance(value, str):
             items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
@@ -257,20 +279,25 @@ def coerce(option: Option, value: Any) -> Any:
             items = list(value)
         else:
             raise ConfigError(f"expected a list, got {value!r}")
-        return tuple(option.parse(str(item)) if not isinstance(item, int) else item
-                     for item in items)  # fmt: skip
+        return tuple(_coerce_one(option, item) for item in items)
+    return _coerce_one(option, value)
+
+
+def _coerce_one(option: Option, value: Any) -> Any:
+    if isinstance(value, str):
+        parsed = option.parse(value)
+        if option.choices is not None and parsed not in option.choices:
+            raise ConfigError(f"must be one of {', '.join(option.choices)}, got {parsed!r}")
+        return parsed
+    # bool is an int: checked first, so `workers = true` is not 1.
     if isinstance(value, bool):
-        if option.parse is not _bool:
-            raise ConfigError(f"expected {option.metavar or 'a value'}, got {value!r}")
-        return value
-    if isinstance(value, int | float) and option.parse in (_int, _float, parse_size):
-        return option.parse(str(value)) if option.parse is not parse_size else int(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"expected text, got {value!r}")
-    parsed = option.parse(value)
-    if option.choices is not None and parsed not in option.choices:
-        raise ConfigError(f"must be one of {', '.join(option.choices)}, got {parsed!r}")
-    return parsed
+        if option.parse is _bool:
+            return value
+    elif isinstance(value, int | float) and option.parse in _NUMERIC:
+        # Through the text parser, for one set of checks: 2.5 is not a whole number,
+        # inf and nan are not seconds, -1 is not a size.
+        return option.parse(str(value))
+    raise ConfigError(f"expected {_EXPECTED[option.parse]}, got {value!r}")
 
 
 def environ_value(option: Option, environ: os._Environ[str] | dict[str, str]) -> str | None:

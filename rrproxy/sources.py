@@ -77,20 +77,58 @@ class Settings:
         return self.values[name]
 
 
-def _line_of(text: str, key: str) -> int | None:
-    spelled = {key, key.replace("_", "-")}
+#: One part of a dotted TOML key or table name: bare, "basic" or 'literal'.
+_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')"""
+_DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
+_TABLE = re.compile(rf"\s*\[\s*({_DOTTED})\s*\]\s*(?:#.*)?$")
+_ARRAY_TABLE = re.compile(rf"\s*\[\[\s*({_DOTTED})\s*\]\]\s*(?:#.*)?$")
+_KEY = re.compile(rf"\s*({_DOTTED})\s*=(.*)")
+
+
+def _parts(dotted: str) -> tuple[str, ...]:
+    return tuple(part.strip("\"'") for part in re.findall(_PART, dotted))
+
+
+def _line_of(text: str, table: tuple[str, ...], key: str) -> int | None:
+    """The line where `key` of the table at path `table` (("tool", "rrproxy"), or ()
+    for a whole rrproxy.toml) is set, for error messages; tomllib keeps no positions.
+    Another table's key of the same name (pytest's `timeout`) is not it. A line
+    scanner, not a TOML parser: it follows table headers and dotted keys and skips
+    multi-line strings, which covers what people write."""
+    wanted = (*table, key)
+    current: tuple[str, ...] = ()
+    inline: int | None = None  # the line of an inline table holding the key
+    closer: str | None = None  # inside a multi-line string ending with this
     for number, line in enumerate(text.splitlines(), 1):
-        match = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)
-        if match and match.group(1) in spelled:
+        if closer is not None:
+            if closer in line:
+                closer = None
+            continue
+        if header := _ARRAY_TABLE.match(line) or _TABLE.match(line):
+            current = _parts(header.group(1))
+            continue
+        match = _KEY.match(line)
+        if match is None:
+            continue
+        path = current + _parts(match.group(1))
+        if path == wanted:
             return number
-    return None
+        if inline is None and wanted[: len(path)] == path:
+            inline = number  # rrproxy = { timeout = 5 } under [tool]
+        value = match.group(2)
+        for quotes in ('"""', "'''"):
+            if value.count(quotes) % 2:
+                closer = quotes
+    return inline
 
 
-def _file_options(path: Path, table: dict[str, Any], text: str) -> dict[str, tuple[Any, str]]:
+def _file_options(
+    path: Path, table: dict[str, Any], text: str, table_path: tuple[str, ...]
+) -> dict[str, tuple[Any, str]]:
     found: dict[str, tuple[Any, str]] = {}
     for key, raw in table.items():
         name = key.replace("-", "_")
-        line = _line_of(text, key)
+        line = _line_of(text, table_path, key)
         where = f"{path}, line {line}" if line else str(path)
         option = BY_NAME.get(name)
         if option is None or name in CLI_ONLY:
@@ -121,8 +159,8 @@ def read_file(path: Path, explicit: bool) -> dict[str, tuple[Any, str]]:
             return {}
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [tool.rrproxy] must be a table")
-        return _file_options(path, table, text)
-    return _file_options(path, data, text)
+        return _file_options(path, table, text, ("tool", "rrproxy"))
+    return _file_options(path, data, text, ())
 
 
 def resolve(
