@@ -139,7 +139,7 @@ class UnknownInterface(AppLoadError):
 
 
 def detect_interface(obj: Any, requested: str) -> str:
-    """"asgi", "wsgi" or "native": `requested` unless it is "auto", else told from
+    """ "asgi", "wsgi" or "native": `requested` unless it is "auto", else told from
     how `obj` is called (a signature that cannot be read counts as native).
     UnknownInterface if no shape fits."""
     if requested != "auto":

@@ -69,6 +69,7 @@ async def run_native(connection: HTTPConnection, request: h11.Request) -> bool:
         return await connection.send_error(error.status if error is not None else 400)
     return await send_response(connection, response, request.method == b"HEAD")
 
+
 def internal_error(connection: HTTPConnection, exc: BaseException) -> Response:
     """The 500 for an exception of the app: the traceback in the body under --debug."""
     body = error_body(500)
@@ -109,6 +110,7 @@ async def send_response(connection: HTTPConnection, response: Response, head: bo
         if sent < 0:
             return False
     return True
+
 
 async def _stream_body(connection: HTTPConnection, body: Any, bodiless: bool) -> int:
     """Body bytes sent, or -1 if the body failed (the connection must close)."""

@@ -24,7 +24,6 @@ def _json(port: int, path: str) -> dict:
 
 def test_incr_is_exact_across_workers_and_values_round_trip(redis):
     with RRProxy("--state", redis.url, STATEFUL, workers=4) as server:
-
         errors: list[BaseException] = []
 
         def client() -> None:
