@@ -105,6 +105,12 @@ class Dispatcher:
         """A worker reported a new count of open connections."""
         self._pump_or_update()
 
+    def channel_room(self) -> None:
+        """A worker's channel that had refused a handoff has room again (its
+        flusher saw it writable): what is queued may go to it now, not at the next
+        pump."""
+        self._pump_or_update()
+
     def _pump_or_update(self) -> None:
         """Something freed room: hand out what is queued, or just update the events."""
         if self.queue:
@@ -175,8 +181,8 @@ class Dispatcher:
         if sent:
             self.handed_total += len(share)
             return []
-        if not worker.channel.closed:
-            worker.mark_channel_full(True)
+        # Refused: the channel now counts as full (worker.channel_full) until its
+        # flusher sees room and calls channel_room().
         for conn in share:
             worker.unacked.pop(conn.conn_id, None)
         return share
@@ -229,10 +235,9 @@ class Dispatcher:
     # --- answers from workers ---------------------------------------------------------
 
     def _answered(self, worker: WorkerProcess, conn_id: int, verb: str) -> PendingConn | None:
-        """The handed connection `worker` answered for (its channel has room again),
-        or None for an id it was never handed."""
+        """The handed connection `worker` answered for, or None for an id it was
+        never handed."""
         conn = worker.unacked.pop(conn_id, None)
-        worker.mark_channel_full(False)
         if conn is None:
             log.warning("worker %d %s unknown connection %d", worker.slot_id, verb, conn_id)
         return conn

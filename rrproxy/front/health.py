@@ -53,9 +53,10 @@ def check(supervisor: Supervisor, worker: WorkerProcess) -> None:
         return
     now = trio.current_time()
     silent = now - worker.last_heard
-    unread_since = worker.channel.backlog_since
-    if worker.channel_full_since is not None:
-        unread_since = min(unread_since or now, worker.channel_full_since)
+    # What is really unread now (queued, or refused and not writable since), not
+    # whether a handoff was once refused: a healthy worker that caught up is not
+    # killed for it.
+    unread_since = worker.channel.blocked_since
     unread_for = now - unread_since if unread_since is not None else 0.0
     if silent > timeout or unread_for > timeout:
         what = (

@@ -86,8 +86,6 @@ class WorkerProcess:
         self.dropped_messages = 0
         #: A client reached this worker (it took or accepted a connection).
         self.had_clients = False
-        self.channel_full = False
-        self.channel_full_since: float | None = None
         #: After a worker gives a connection back, it gets none until this time.
         self.paused_until = 0.0
         self.last_cpu_seconds = 0.0
@@ -171,13 +169,14 @@ class WorkerProcess:
         """Open connections as last reported, plus those handed and not answered."""
         return self.connections_active + len(self.unacked)
 
-    def mark_channel_full(self, full: bool) -> None:
-        """The channel has (or no longer has) room; remembers since when it has not."""
-        self.channel_full = full
-        if not full:
-            self.channel_full_since = None
-        elif self.channel_full_since is None:
-            self.channel_full_since = trio.current_time()
+    @property
+    def channel_full(self) -> bool:
+        """Its channel has no room now: messages wait in its queue, or a handoff was
+        refused and the socket has not turned writable since. Read from the channel
+        itself (its flusher clears it), never a mark of our own: a worker may make
+        room without answering anything, and must then get connections again."""
+        channel = self.channel
+        return channel.backlog_since is not None or channel.refused_since is not None
 
     @property
     def request_rate(self) -> float:

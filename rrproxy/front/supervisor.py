@@ -248,6 +248,10 @@ class Supervisor:
             return None
         process, front_end = started
         channel = WorkerChannel(front_end, accepts_fds=False, max_backlog=CHANNEL_BACKLOG)
+        if self.dispatcher is not None:
+            # A worker whose channel refused a handoff gets what waits as soon as its
+            # flusher (run in _run_worker) sees room again.
+            channel.on_room = self.dispatcher.channel_room
         worker = WorkerProcess(slot.id, process, channel, self.config.worker.limit_concurrency)
         self.workers.append(worker)
         self.workers.sort(key=lambda w: w.slot_id)

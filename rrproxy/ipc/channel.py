@@ -13,7 +13,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..fds import close_fds
 from ..worker.backend import Backend, Event, ResourceClosed
@@ -89,6 +89,14 @@ class WorkerChannel:
         self._has_backlog: Event | None = None
         #: The loop's current_time() since when messages have been waiting (None: none).
         self.backlog_since: float | None = None
+        #: Since when a try_send has been refused and the peer has not made room
+        #: (None: it has, or nothing was refused). Cleared by flush(), which waits
+        #: for the socket to turn writable: a refusal need not be followed by any
+        #: answer from the peer, so only the channel itself can say it has room.
+        self.refused_since: float | None = None
+        #: Called (synchronously) once the peer has made room after a refusal: the
+        #: front's dispatcher hands out what waited for this worker.
+        self.on_room: Callable[[], None] | None = None
 
     @property
     def _loop(self) -> Backend:
@@ -102,7 +110,8 @@ class WorkerChannel:
 
     @property
     def has_backlog(self) -> Event:
-        """Set whenever messages are queued, for the task that owns flush()."""
+        """Set whenever flush() has work, for the task that owns it: messages are
+        queued, or a try_send was refused and flush() waits for room."""
         if self._has_backlog is None:
             self._has_backlog = self._loop.event()
         return self._has_backlog
@@ -114,6 +123,15 @@ class WorkerChannel:
         self._has_backlog = backend.event()
         if self._backlog:
             self.has_backlog.set()
+
+    @property
+    def blocked_since(self) -> float | None:
+        """Since when the peer has had no room for us (messages wait, or a try_send
+        was refused and the socket has not turned writable since); None if it has."""
+        queued, refused = self.backlog_since, self.refused_since
+        if queued is None:
+            return refused
+        return queued if refused is None else min(queued, refused)
 
     @property
     def backlog_bytes(self) -> int:
@@ -143,12 +161,16 @@ class WorkerChannel:
 
     def try_send(self, message: Message, fds: Sequence[int] = ()) -> bool:
         """Send now or not at all: False when the peer's queue is full (the front
-        then offers the connection to another worker)."""
+        then offers the connection to another worker). A refusal is remembered in
+        `refused_since` until the owner's flush() sees room again (then `on_room`)."""
         if self.closed:
             raise ChannelClosed("channel closed")
-        if self._backlog:
-            return False
-        return self._send_raw(codec.encode(message), fds)
+        if not self._backlog and self._send_raw(codec.encode(message), fds):
+            return True
+        if self.refused_since is None:
+            self.refused_since = self._loop.current_time()
+        self.has_backlog.set()
+        return False
 
     async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
         """Send, waiting for room if needed. Messages keep their order: concurrent
@@ -187,27 +209,34 @@ class WorkerChannel:
         self.has_backlog.set()
 
     async def flush(self) -> None:
-        """Send everything queued, waiting for room; concurrent callers return at
-        once and leave the work to the one already flushing. ChannelClosed if the
-        peer is gone (the queue is then dropped)."""
+        """Send everything queued, waiting for room, and after a refused try_send
+        wait until the socket is writable again (then `on_room`). Concurrent callers
+        return at once and leave the work to the one already flushing (only one task
+        may wait on the socket). ChannelClosed if the peer is gone."""
         if self._flushing:
             return
         self._flushing = True
         try:
-            while self._backlog:
+            while self._backlog or self.refused_since is not None:
                 if self.closed:
                     raise ChannelClosed("channel closed")
-                data, fds = self._backlog[0]
-                if self._send_raw(data, fds):
-                    self._backlog.popleft()
-                    self._backlog_bytes -= len(data)
-                    if not self._backlog:
-                        self.backlog_since = None
-                else:
-                    try:
-                        await self._loop.wait_writable(self._sock)
-                    except ResourceClosed:
-                        raise ChannelClosed("channel closed") from None
+                if self._backlog:
+                    data, fds = self._backlog[0]
+                    if self._send_raw(data, fds):
+                        self._backlog.popleft()
+                        self._backlog_bytes -= len(data)
+                        if not self._backlog:
+                            self.backlog_since = None
+                        continue
+                try:
+                    await self._loop.wait_writable(self._sock)
+                except ResourceClosed:
+                    raise ChannelClosed("channel closed") from None
+                if not self._backlog and self.refused_since is not None:
+                    # Writable with nothing queued: what was refused would go now.
+                    self.refused_since = None
+                    if self.on_room is not None:
+                        self.on_room()
         finally:
             self._flushing = False
 
@@ -223,7 +252,7 @@ class WorkerChannel:
             except ChannelClosed:
                 self._backlog.clear()
                 self._backlog_bytes = 0
-                self.backlog_since = None
+                self.backlog_since = self.refused_since = None
                 return
 
     # --- receiving -------------------------------------------------------------

@@ -148,3 +148,33 @@ async def test_a_batch_of_fds_arrives_in_order() -> None:
         right.close()
     front.close()
     worker.close()
+
+
+async def test_a_refused_try_send_is_remembered_until_the_socket_has_room() -> None:
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    rooms: list[float] = []
+    front.on_room = lambda: rooms.append(trio.current_time())
+    sent = 0
+    while front.try_send(Taken(sent, 0)):
+        sent += 1
+    assert front.backlog_bytes == 0  # nothing queued: the socket itself is full
+    refused_at = front.refused_since
+    assert refused_at is not None and front.blocked_since == refused_at
+    assert not front.try_send(Taken(0, 0))
+    assert front.refused_since == refused_at  # since the first refusal
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(front.run_flusher)
+        await trio.sleep(0.05)
+        assert rooms == []  # the peer has read nothing yet
+        for _ in range(sent):
+            await worker.receive()
+        with trio.fail_after(5):
+            while not rooms:
+                await trio.sleep(0.01)
+        assert front.refused_since is None and front.blocked_since is None
+        assert front.try_send(Taken(1, 0))
+        nursery.cancel_scope.cancel()
+    assert len(rooms) == 1
+    front.close()
+    worker.close()

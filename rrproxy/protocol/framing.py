@@ -52,6 +52,10 @@ _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff
 _CHUNK_EXT = rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT + rb"\r\n")
 _MAX_CHUNK_LINE = 4096
+#: Chunk-extension bytes one message may carry in all (Node's limit since
+#: CVE-2024-22019, and its 413). Extensions are parsed and dropped, and a chunk may
+#: hold one byte: without a total, ~4 KiB of chunk line per body byte is parsed.
+MAX_CHUNK_EXTENSIONS = 16 * 1024
 _EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 #: judge_head's verdict for a body framed by chunks.
 CHUNKED = -1
@@ -79,6 +83,7 @@ class RequestFraming:
 
     __slots__ = (
         "_buffer",
+        "_extensions",
         "_remaining",
         "_state",
         "_upgrade",
@@ -97,6 +102,8 @@ class RequestFraming:
         self._buffer = b""
         self._state = _HEAD
         self._remaining = 0
+        #: Chunk-extension bytes of the current message so far.
+        self._extensions = 0
         self._upgrade = False
         #: Set once the stream breaks the rules: everything before it was returned.
         self.error: FramingError | None = None
@@ -220,6 +227,7 @@ class RequestFraming:
         self._upgrade = upgrade
         if length == CHUNKED:
             self._state = _CHUNK_SIZE
+            self._extensions = 0
         elif length:
             self._remaining = length
             self._state = _BODY
@@ -247,6 +255,11 @@ class RequestFraming:
         size = int(match.group(1), 16)
         if size > self.max_body:
             raise FramingError(413, "a chunk larger than the body limit")
+        extensions = end - match.end(1)
+        if extensions:
+            self._extensions += extensions
+            if self._extensions > MAX_CHUNK_EXTENSIONS:
+                raise FramingError(413, "chunk extensions larger than the limit")
         self._buffer = buffer[end + 2 :]
         # Canonical for h11 (extensions dropped: nobody sees them anyway).
         out.append(b"%x\r\n" % size)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .framing import FramingError, RequestFraming
+from .framing import MAX_CHUNK_EXTENSIONS, FramingError, RequestFraming
 
 LIMIT = 16 * 1024
 
@@ -139,6 +139,35 @@ def test_a_long_run_of_spaces_in_a_framing_header_is_not_slow() -> None:
     gate.feed(data)
     assert time.perf_counter() - started < 0.5
     assert gate.messages == 1
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("extension", "count"),
+    [(b";e=" + b"v" * 4000, 5), (b";e=" + b"v" * 7, 1700)],
+    ids=["long", "many-short"],
+)
+def test_chunk_extensions_are_limited_per_message(extension: bytes, count: int) -> None:
+    # Each chunk line may be 4 KiB, and each chunk one byte of body: without a total,
+    # a client makes the server parse ~4 KiB per body byte up to --max-body-size.
+    assert len(extension) * count > MAX_CHUNK_EXTENSIONS
+    gate = framing()
+    gate.feed(CHUNKED_HEAD + (b"1" + extension + b"\r\nx\r\n") * count + b"0\r\n\r\n")
+    assert isinstance(gate.error, FramingError)
+    assert gate.error.status == 413
+    assert gate.messages == 0
+
+
+def test_chunk_extensions_up_to_the_limit_pass_and_the_count_is_per_message() -> None:
+    extension = b";e=" + b"v" * 1021  # 1 KiB
+    count = MAX_CHUNK_EXTENSIONS // len(extension)
+    message = CHUNKED_HEAD + (b"1" + extension + b"\r\nx\r\n") * count + b"0\r\n\r\n"
+    gate = framing()
+    out = gate.feed(message * 3)
+    assert gate.error is None and gate.messages == 3
+    assert extension not in out  # (dropped: h11 gets canonical chunk headers)
 
 
 def test_eof_in_the_middle_of_a_head_is_an_error_but_not_between_requests() -> None:

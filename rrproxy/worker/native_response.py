@@ -85,20 +85,30 @@ async def send_response(connection: HTTPConnection, response: Response, head: bo
     core = connection.core
     body = response.body
     status = response.status
-    headers = encode_header_pairs(response.headers)
     streaming = not isinstance(body, bytes | str | bytearray)
-    if not streaming and isinstance(body, str):
-        body = body.encode("utf-8")
     try:
+        # Everything here comes from user code and may be unusable in ways h11 never
+        # sees: a header that is not latin-1 (UnicodeEncodeError), `Response("200")`
+        # or a header that is no (name, value) pair (TypeError, ValueError...). Any
+        # of them is a 500 now, before a byte has gone out, not a dropped connection.
+        if not isinstance(status, int):  # (an IntEnum such as HTTPStatus is fine)
+            raise TypeError(f"status {status!r} is not an int")
+        if streaming and not hasattr(body, "__aiter__"):
+            raise TypeError(f"body {type(body).__name__} is not bytes, str or async iterable")
+        if isinstance(body, str):
+            body = body.encode("utf-8")  # (lone surrogates: UnicodeEncodeError)
         data = core.response(
             status,
-            headers,
+            encode_header_pairs(response.headers),
             None if streaming else bytes(body),  # type: ignore[arg-type]  # bytes here
             head=head,
             close=connection.server.draining,
         )
     except UnsendableResponse as exc:
         log.error("invalid response from the handler: %s", exc)
+        return await connection.send_error(500, written=False)
+    except Exception as exc:
+        log.error("invalid response from the handler: %s: %s", type(exc).__name__, exc)
         return await connection.send_error(500, written=False)
     bodiless = head or status in (204, 304) or 100 <= status < 200
     await connection.send(data)

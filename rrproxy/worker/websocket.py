@@ -251,7 +251,15 @@ class WebSocketSession:
         while True:
             for event in ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
-                    size += len(event.data)
+                    # --ws-max-size is bytes: a text fragment (str, decoded by
+                    # wsproto) counts its UTF-8 length, or a client could send 4x the
+                    # limit in 4-byte characters. isascii() is O(1) in CPython, so
+                    # only non-ASCII text is encoded here, once per fragment.
+                    fragment = event.data
+                    if isinstance(fragment, str) and not fragment.isascii():
+                        size += len(fragment.encode("utf-8"))
+                    else:
+                        size += len(fragment)
                     if size > limit:
                         await self._close(1009, "message too big")
                         self._peer_gone(1009)

@@ -1,0 +1,112 @@
+"""WebSocket sessions with plain bytes: a wsproto client's frames through
+test_connection.py's memory transport, what the server wrote read back by the same
+client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+
+from ..config import WorkerConfig
+from .asgi import ASGIAdapter
+from .backend import Backend
+from .connection import HTTPConnection
+from .server import WorkerServer
+from .test_connection import BACKENDS, MemoryTransport
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+LIMIT = 1000
+
+
+def run_session(backend: Backend, *messages: Event) -> tuple[list[Any], list[Any]]:
+    """The client sends `messages` after its upgrade request; what the app received,
+    and the events the client got back after the 101."""
+    received: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    client = Connection(ConnectionType.CLIENT)
+    frames = b"".join(client.send(message) for message in messages)
+    config = WorkerConfig(app="test:app", ws_max_size=LIMIT, ws_ping_interval=0)
+
+    async def main() -> MemoryTransport:
+        # test_connection.serve() without its HTTP parsing of what was written.
+        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
+        transport = MemoryTransport(backend, [UPGRADE + frames])
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(5):
+            await connection.run(transport)  # type: ignore[arg-type]
+        return transport
+
+    written = b"".join(backend.run(main).sent)
+    head, _, rest = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    client.receive_data(rest)
+    return received, list(client.events())
+
+
+def close_code(events: list[Any]) -> int | None:
+    closes = [event.code for event in events if isinstance(event, CloseConnection)]
+    return closes[0] if closes else None
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("char", ["\u00e9", "\u20ac", "\U0001f600"], ids=["2", "3", "4"])
+def test_a_text_message_is_limited_in_utf8_bytes_not_characters(
+    backend: Backend, char: str
+) -> None:
+    # Under the limit in characters (by 2 to 4 times), just over it in bytes.
+    text = char * (LIMIT // len(char.encode("utf-8")) + 1)
+    assert len(text) < LIMIT < len(text.encode("utf-8"))
+    received, events = run_session(backend, TextMessage(data=text))
+    assert close_code(events) == 1009
+    assert received == [{"type": "websocket.disconnect", "code": 1009}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_binary_message_over_the_limit_is_refused(backend: Backend) -> None:
+    received, events = run_session(backend, BytesMessage(data=b"x" * (LIMIT + 1)))
+    assert close_code(events) == 1009
+    assert received == [{"type": "websocket.disconnect", "code": 1009}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_text_message_in_fragments_is_limited_in_bytes(backend: Backend) -> None:
+    piece = "\u20ac" * (LIMIT // 6 + 1)  # over half the limit in bytes, a sixth in chars
+    fragments = [
+        TextMessage(data=piece, message_finished=False),
+        TextMessage(data=piece, message_finished=False),
+        TextMessage(data="!", message_finished=True),
+    ]
+    received, events = run_session(backend, *fragments)
+    assert close_code(events) == 1009
+    assert received == [{"type": "websocket.disconnect", "code": 1009}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_messages_at_the_limit_in_bytes_are_delivered(backend: Backend) -> None:
+    text = "\u00e9" * (LIMIT // 2)  # exactly LIMIT bytes
+    data = b"\xff" * LIMIT
+    received, events = run_session(
+        backend, TextMessage(data=text), BytesMessage(data=data), CloseConnection(code=1000)
+    )
+    assert received[:2] == [
+        {"type": "websocket.receive", "text": text},
+        {"type": "websocket.receive", "bytes": data},
+    ]
+    assert close_code(events) == 1000
