@@ -16,9 +16,9 @@ from ..ipc.channel import WorkerChannel
 from ..ipc.messages import Poll
 from . import health
 from .dispatcher import HOLD_FOR_ROOM
+from .fake_dispatch import Pool
 from .process import WorkerProcess
 from .supervisor import Supervisor
-from .test_dispatcher import Pool
 
 
 def _fill_with_queue(worker: WorkerProcess) -> int:
