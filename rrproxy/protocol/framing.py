@@ -129,6 +129,13 @@ class RequestFraming:
             if self._buffer.strip(b"\r\n") and self._state != _HOLD:
                 self._fail(400, "the connection closed in the middle of a request")
             return b""
+        if self._state == _BODY and not self._buffer and len(data) <= self._remaining:
+            # A body read that ends at or before the body's end: passed on as it is,
+            # without a copy into the buffer and out again.
+            self._remaining -= len(data)
+            if not self._remaining:
+                self._message_done()
+            return data
         self._buffer += data
         if self._state == _HOLD:
             return b""
@@ -239,8 +246,13 @@ class RequestFraming:
             self._message_done()
 
     def _body(self, out: list[bytes]) -> None:
-        take = bytes(self._buffer[: self._remaining])
-        del self._buffer[: len(take)]
+        buffer = self._buffer
+        if len(buffer) <= self._remaining:
+            take = bytes(buffer)
+            buffer.clear()
+        else:
+            take = bytes(buffer[: self._remaining])
+            del buffer[: len(take)]
         self._remaining -= len(take)
         out.append(take)
         if not self._remaining:

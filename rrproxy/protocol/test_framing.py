@@ -197,6 +197,18 @@ def test_one_large_read_costs_what_the_same_bytes_cost_in_small_reads(unit: byte
     assert at_once < 3 * in_pieces + 0.05
 
 
+def test_a_body_read_in_pieces_passes_through_and_ends_where_it_should() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    gate = framing()
+    pieces = [head, b"abcd", b"efghij", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
+    assert b"".join(gate.feed(piece) for piece in pieces) == b"".join(pieces)
+    assert gate.messages == 2 and not gate.started
+    gate.feed(head + b"abc")
+    # The body's end, then an empty line: dropped, but a next request has started.
+    assert gate.feed(b"defghij\r\n") == b"defghij"
+    assert gate.messages == 3 and gate.started
+
+
 def test_eof_in_the_middle_of_a_head_is_an_error_but_not_between_requests() -> None:
     gate = framing()
     gate.feed(b"GET / HTTP/1.1\r\nHo")
