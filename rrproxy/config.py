@@ -204,6 +204,10 @@ class Config:
             )
         if self.backlog < 1:
             raise ConfigError(f"--backlog must be at least 1, got {self.backlog}")
+        if self.backlog > 2**31 - 1:
+            # listen() takes a C int (OverflowError beyond); the kernel caps it at
+            # net.core.somaxconn anyway.
+            raise ConfigError(f"--backlog must be at most 2147483647, got {self.backlog}")
         if not 0 <= self.uds_mode <= 0o777:
             raise ConfigError(
                 f"--uds-mode must be between 0 and 777 (octal), got {self.uds_mode:o}"

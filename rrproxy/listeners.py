@@ -34,6 +34,14 @@ class Address:
         return f"{host}:{self.port}"
 
 
+_C_INT_MAX = 2**31 - 1
+
+
+def _digits(text: str, most: int) -> bool:
+    """ASCII digits, at most `most` of them."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
 def parse_bind(text: str) -> Address:
     """HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; ConfigError otherwise."""
     if text.startswith("unix:"):
@@ -42,11 +50,13 @@ def parse_bind(text: str) -> Address:
         return Address("unix", path=os.path.abspath(text[5:]))
     if text.startswith("fd://"):
         number = text[5:]
-        if not number.isascii() or not number.isdigit():
+        # An fd is a C int (a larger one was a ValueError from socket.socket), and
+        # int() refuses over 4300 digits (ValueError): both were tracebacks.
+        if not _digits(number, 10) or int(number) > _C_INT_MAX:
             raise ConfigError(f"--bind fd://N needs a file descriptor number, got {text!r}")
         return Address("fd", fd=int(number))
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+    if not sep or not _digits(port, 5) or int(port) > 65535:
         raise ConfigError(f"--bind must be HOST:PORT, unix:PATH or fd://N, got {text!r}")
     return Address("tcp", host=host.strip("[]") or "0.0.0.0", port=int(port))
 

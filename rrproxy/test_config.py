@@ -130,6 +130,11 @@ def test_systemd_sockets_are_listened_on(monkeypatch: pytest.MonkeyPatch) -> Non
         ({"bind": ("nowhere",)}, "--bind must be HOST:PORT, unix:PATH or fd://N, got 'nowhere'"),
         ({"bind": ("unix:",)}, "--bind unix: needs a path"),
         ({"bind": ("fd://x",)}, "--bind fd://N needs a file descriptor number"),
+        # Beyond a C int: socket.socket(fileno=) raised ValueError, a traceback at start.
+        ({"fd": (3_000_000_000,)}, "--bind fd://N needs a file descriptor number"),
+        # int() refuses over 4300 digits: a ValueError traceback.
+        ({"bind": ("fd://" + "9" * 5000,)}, "--bind fd://N needs a file descriptor number"),
+        ({"bind": ("h:" + "9" * 5000,)}, "--bind must be HOST:PORT, unix:PATH or fd://N"),
     ],
 )
 def test_bad_binds(values: dict[str, Any], message: str) -> None:
@@ -150,6 +155,8 @@ def test_bad_binds(values: dict[str, Any], message: str) -> None:
         (["-w", "0", "a:b"], "--workers must be at least 1, got 0"),
         (["--policy", "random", "a:b"], "--policy must be one of rr, none, reuseport, least-conn"),
         (["--backlog", "0", "a:b"], "--backlog must be at least 1, got 0"),
+        # listen() takes a C int: OverflowError, a traceback once the front binds.
+        (["--backlog", "3000000000", "a:b"], "--backlog must be at most 2147483647"),
         (["--keep-alive", "0", "a:b"], "--keep-alive must be positive"),
         (["--header-timeout", "-1", "a:b"], "--header-timeout must be positive"),
         (["--send-timeout", "0", "a:b"], "--send-timeout must be positive"),

@@ -99,7 +99,10 @@ class RequestFraming:
         self.max_head = max_head
         self.max_headers = max_headers
         self.max_body = max_body
-        self._buffer = b""
+        #: Bytes not yet passed on. A bytearray: each step consumes its front with
+        #: `del`, which CPython does in place (re-slicing bytes copied the rest of
+        #: the buffer for every chunk line or pipelined head: quadratic per read).
+        self._buffer = bytearray()
         self._state = _HEAD
         self._remaining = 0
         #: Chunk-extension bytes of the current message so far.
@@ -126,7 +129,14 @@ class RequestFraming:
             if self._buffer.strip(b"\r\n") and self._state != _HOLD:
                 self._fail(400, "the connection closed in the middle of a request")
             return b""
-        self._buffer = self._buffer + data if self._buffer else data
+        if self._state == _BODY and not self._buffer and len(data) <= self._remaining:
+            # A body read that ends at or before the body's end: passed on as it is,
+            # without a copy into the buffer and out again.
+            self._remaining -= len(data)
+            if not self._remaining:
+                self._message_done()
+            return data
+        self._buffer += data
         if self._state == _HOLD:
             return b""
         if self._state == _HEAD:
@@ -136,7 +146,8 @@ class RequestFraming:
     def held(self) -> bytes:
         """After an upgrade request: the raw bytes that followed it (the new
         protocol's), handed over once the upgrade is accepted."""
-        data, self._buffer = self._buffer, b""
+        data = bytes(self._buffer)
+        self._buffer.clear()
         return data
 
     # --- the state machine -------------------------------------------------------
@@ -144,7 +155,7 @@ class RequestFraming:
     def _fail(self, status: int, reason: str) -> None:
         self.error = FramingError(status, reason)
         self._state = _FAILED
-        self._buffer = b""
+        self._buffer.clear()
 
     def _advance(self) -> bytes:
         out: list[bytes] = []
@@ -180,10 +191,10 @@ class RequestFraming:
 
     def _head(self, out: list[bytes]) -> bool:
         buffer = self._buffer
-        if buffer[:1] in (b"\r", b"\n"):
+        if buffer.startswith((b"\r", b"\n")):
             # RFC 9112 §2.2: ignore empty lines (CRLF) before a request line.
             # match() is not None: the buffer starts with CR or LF.
-            buffer = self._buffer = buffer[_EMPTY_LINES.match(buffer).end() :]  # type: ignore[union-attr]
+            del buffer[: _EMPTY_LINES.match(buffer).end()]  # type: ignore[union-attr]
             if buffer[:1] == b"\n" or (buffer[:1] == b"\r" and len(buffer) > 1):
                 raise FramingError(400, "a bare LF or CR before the request line")
             if len(buffer) < 2:
@@ -202,12 +213,12 @@ class RequestFraming:
                     raise FramingError(414, "the request line is longer than the limit")
                 raise FramingError(431, "the request head is larger than the limit")
             return False
-        head = buffer[: end + 4]
+        head = bytes(buffer[: end + 4])
         if len(head) > self.max_head:
             if buffer.find(b"\r\n") > self.max_head:
                 raise FramingError(414, "the request line is longer than the limit")
             raise FramingError(431, "the request head is larger than the limit")
-        self._buffer = buffer[end + 4 :]
+        del buffer[: end + 4]
         self._validate_head(head)
         out.append(head)
         return True
@@ -235,8 +246,13 @@ class RequestFraming:
             self._message_done()
 
     def _body(self, out: list[bytes]) -> None:
-        take = self._buffer[: self._remaining]
-        self._buffer = self._buffer[len(take) :]
+        buffer = self._buffer
+        if len(buffer) <= self._remaining:
+            take = bytes(buffer)
+            buffer.clear()
+        else:
+            take = bytes(buffer[: self._remaining])
+            del buffer[: len(take)]
         self._remaining -= len(take)
         out.append(take)
         if not self._remaining:
@@ -260,7 +276,7 @@ class RequestFraming:
             self._extensions += extensions
             if self._extensions > MAX_CHUNK_EXTENSIONS:
                 raise FramingError(413, "chunk extensions larger than the limit")
-        self._buffer = buffer[end + 2 :]
+        del buffer[: end + 2]
         # Canonical for h11 (extensions dropped: nobody sees them anyway).
         out.append(b"%x\r\n" % size)
         if size:
@@ -271,8 +287,8 @@ class RequestFraming:
         return True
 
     def _chunk_data(self, out: list[bytes]) -> None:
-        take = self._buffer[: self._remaining]
-        self._buffer = self._buffer[len(take) :]
+        take = bytes(self._buffer[: self._remaining])
+        del self._buffer[: len(take)]
         self._remaining -= len(take)
         out.append(take)
         if not self._remaining:
@@ -286,7 +302,7 @@ class RequestFraming:
             return False
         if buffer[:2] != b"\r\n":
             raise FramingError(400, "chunk data not followed by CRLF")
-        self._buffer = buffer[2:]
+        del buffer[:2]
         out.append(b"\r\n")
         self._state = _CHUNK_SIZE
         return True
@@ -317,7 +333,7 @@ class RequestFraming:
                 raise FramingError(400, "Content-Length or Transfer-Encoding in trailers")
             end += 2
         # Trailers are validated and dropped (no interface passes them on).
-        self._buffer = buffer[end + 2 :]
+        del buffer[: end + 2]
         out.append(b"\r\n")
         self._message_done()
         return True

@@ -243,8 +243,10 @@ class WebSocketSession:
         ws = self.ws
         assert ws is not None
         limit = self.config.ws_max_size
-        parts: list[Any] = []
-        size = 0
+        # The message so far, in bytes (text as UTF-8, which wsproto has validated):
+        # one buffer, not a list of fragments, so neither a flood of empty frames nor
+        # tiny ones grow memory beyond --ws-max-size.
+        buffer = bytearray()
         io = self.connection.io
         assert io is not None
         data = b"-"  # frames that came with the upgrade request are in `ws` already
@@ -253,25 +255,22 @@ class WebSocketSession:
                 if isinstance(event, TextMessage | BytesMessage):
                     # --ws-max-size is bytes: a text fragment (str, decoded by
                     # wsproto) counts its UTF-8 length, or a client could send 4x the
-                    # limit in 4-byte characters. isascii() is O(1) in CPython, so
-                    # only non-ASCII text is encoded here, once per fragment.
+                    # limit in 4-byte characters.
                     fragment = event.data
-                    if isinstance(fragment, str) and not fragment.isascii():
-                        size += len(fragment.encode("utf-8"))
-                    else:
-                        size += len(fragment)
-                    if size > limit:
+                    if isinstance(fragment, str):
+                        fragment = fragment.encode("utf-8")
+                    if len(buffer) + len(fragment) > limit:
                         await self._close(1009, "message too big")
                         self._peer_gone(1009)
                         return
-                    parts.append(event.data)
+                    buffer += fragment
                     if event.message_finished:
                         message: dict[str, Any]
                         if isinstance(event, TextMessage):
-                            message = {"type": "websocket.receive", "text": "".join(parts)}
+                            message = {"type": "websocket.receive", "text": buffer.decode()}
                         else:
-                            message = {"type": "websocket.receive", "bytes": b"".join(parts)}
-                        parts, size = [], 0
+                            message = {"type": "websocket.receive", "bytes": bytes(buffer)}
+                        buffer = bytearray()
                         if self._inbox.closed:
                             return
                         self._inbox.put(message)
