@@ -239,6 +239,23 @@ class WorkerChannel:
                         self.on_room()
         finally:
             self._flushing = False
+            if self._backlog or self.refused_since is not None:
+                # Cut short (a handler's send() cancelled while it was the one
+                # flushing): run_flusher, which returned at once while we flushed,
+                # takes the rest over instead of waiting for the next message.
+                self.has_backlog.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued has gone, whoever is flushing it (flush()
+        returns at once while another task flushes). For a worker's last words
+        before it exits. ChannelClosed if the peer is gone."""
+        while self._backlog:
+            if self.closed:
+                raise ChannelClosed("channel closed")
+            if self._flushing:
+                await self._loop.sleep(0.005)
+            else:
+                await self.flush()
 
     async def run_flusher(self) -> None:
         """Flush whenever something is queued, until the channel closes. Run by the

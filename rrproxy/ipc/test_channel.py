@@ -9,6 +9,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from .channel import ChannelClosed, WorkerChannel, socketpair
 from .codec import encode
@@ -176,5 +177,66 @@ async def test_a_refused_try_send_is_remembered_until_the_socket_has_room() -> N
         assert front.try_send(Taken(1, 0))
         nursery.cancel_scope.cancel()
     assert len(rooms) == 1
+    front.close()
+    worker.close()
+
+
+def _fill(channel: WorkerChannel, count: int = 5000) -> None:
+    results = [channel.send_nowait(Taken(i, 0)) for i in range(count)]
+    assert False in results  # the socket filled up: the rest is queued
+
+
+async def _receive_all(channel: WorkerChannel, count: int) -> list[int]:
+    got: list[int] = []
+    with trio.fail_after(10):
+        while len(got) < count:
+            message, _ = await channel.receive()
+            assert isinstance(message, Taken)
+            got.append(message.conn_id)
+    return got
+
+
+async def test_a_send_cancelled_while_it_flushes_leaves_the_rest_to_the_flusher() -> None:
+    # The worker's handlers call send(); its run_flusher returns at once while a
+    # send() flushes. If that send is cancelled, the flusher must take over, not wait
+    # for the next message to be queued.
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    _fill(front)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(front.run_flusher)
+        with trio.move_on_after(0.05):
+            await front.send(Taken(5000, 0))  # flushes, waiting: nobody reads yet
+        assert front.backlog_bytes > 0
+        assert await _receive_all(worker, 5001) == list(range(5001))
+        nursery.cancel_scope.cancel()
+    front.close()
+    worker.close()
+
+
+async def test_drain_waits_for_what_another_task_is_flushing() -> None:
+    a, b = socketpair()
+    front, worker = WorkerChannel(a), WorkerChannel(b)
+    _fill(front)
+    drained = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(front.run_flusher)
+        await trio.testing.wait_all_tasks_blocked()  # the flusher is mid-flush
+
+        async def drain() -> None:
+            nonlocal drained
+            await front.drain()
+            drained = True
+
+        nursery.start_soon(drain)
+        await trio.testing.wait_all_tasks_blocked()
+        await front.flush()  # what the worker's stop did: returns at once
+        assert not drained
+        assert await _receive_all(worker, 5000) == list(range(5000))
+        with trio.fail_after(5):
+            while not drained:
+                await trio.sleep(0.01)
+        assert front.backlog_bytes == 0
+        nursery.cancel_scope.cancel()
     front.close()
     worker.close()

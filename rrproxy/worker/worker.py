@@ -152,7 +152,10 @@ class Worker:
             self._answer(self._stats())
             with backend.move_on_after(1.0):
                 try:
-                    await self.channel.flush()
+                    # drain(), not flush(): flush() returns at once while the
+                    # flusher task is mid-flush, and cancelling that task below
+                    # would drop what it had not sent (the last Stats, a Taken).
+                    await self.channel.drain()
                 except ChannelClosed:
                     pass
             tasks.cancel()
