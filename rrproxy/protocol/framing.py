@@ -170,25 +170,27 @@ class RequestFraming:
             if len(buffer) < 2:
                 return False
         end = buffer.find(b"\r\n\r\n")
-        scanned = buffer if end < 0 else buffer[: end + 4]
+        stop = len(buffer) if end < 0 else end + 4
         # A bare LF or CR anywhere in the head: reject now, not once the head "ends"
-        # (a client using bare LF never sends CRLF CRLF).
-        crlf = scanned.count(b"\r\n")
-        if scanned.count(b"\n") != crlf or scanned.count(b"\r") - scanned.endswith(b"\r") != crlf:
+        # (a client using bare LF never sends CRLF CRLF). Counted in place: a slice
+        # of the bytearray would be a copy per head.
+        crlf = buffer.count(b"\r\n", 0, stop)
+        bare_cr = buffer.count(b"\r", 0, stop) - buffer.endswith(b"\r", 0, stop) != crlf
+        if buffer.count(b"\n", 0, stop) != crlf or bare_cr:
             raise FramingError(400, "a line in the request head does not end with CRLF")
-        if end < 0:
-            if len(buffer) > self.max_head:
+        if end < 0 or stop > self.max_head:
+            if stop > self.max_head:
                 line_end = buffer.find(b"\r\n")
                 if line_end < 0 or line_end > self.max_head:
                     raise FramingError(414, "the request line is longer than the limit")
                 raise FramingError(431, "the request head is larger than the limit")
             return False
-        head = bytes(buffer[: end + 4])
-        if len(head) > self.max_head:
-            if buffer.find(b"\r\n") > self.max_head:
-                raise FramingError(414, "the request line is longer than the limit")
-            raise FramingError(431, "the request head is larger than the limit")
-        del buffer[: end + 4]
+        if stop == len(buffer):  # the usual read: one whole head, nothing after it
+            head = bytes(buffer)
+            buffer.clear()
+        else:
+            head = bytes(buffer[:stop])
+            del buffer[:stop]
         self._validate_head(head)
         out.append(head)
         return True
