@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rrproxy.control import AdminClient
-from tests.helpers import PROBE, REPO, RRProxy, get, run_cli
+from tests.helpers import PROBE, REPO, RRProxy, get, run_cli, wait_until
 
 
 def admin_args(tmp_path: Path) -> tuple[str, str]:
@@ -228,23 +228,31 @@ def test_status_without_a_running_rrproxy_says_so(tmp_path: Path):
 def test_broadcast_reaches_every_worker_and_direct_messages_arrive(tmp_path: Path):
     with RRProxy("tests.apps.messaging:handler", workers=3) as server:
         assert json.loads(get(server.port, "/broadcast?v=42").body) == {"sent": True}
-        time.sleep(0.3)
-        seen = {}
-        for _ in range(3):  # rr: one new connection per worker
-            info = json.loads(get(server.port).body)
-            seen[info["worker"]] = info
+        broadcast = {"message": {"hello": "42"}, "from": 1}
+        seen: dict[int, dict] = {}
+
+        def everyone_has_it() -> bool:
+            for _ in range(3):  # rr: one new connection per worker
+                info = json.loads(get(server.port).body)
+                seen[info["worker"]] = info
+            return len(seen) == 3 and all(broadcast in i["received"] for i in seen.values())
+
+        wait_until(everyone_has_it, 10, what="the broadcast at every worker")
         assert set(seen) == {1, 2, 3}
         for info in seen.values():
             assert info["count"] == 3
             assert {"message": {"hello": "42"}, "from": 1} in info["received"]
         sender = json.loads(get(server.port, "/to-worker?id=3").body)["by"]
-        time.sleep(0.3)
-        for _ in range(3):
-            third = json.loads(get(server.port).body)
-            if third["worker"] == 3:
-                break
-        assert third["worker"] == 3
-        assert {"message": "direct", "from": sender} in third["received"]
+        direct = {"message": "direct", "from": sender}
+
+        def the_third_has_it() -> bool:
+            for _ in range(3):
+                third = json.loads(get(server.port).body)
+                if third["worker"] == 3:
+                    return direct in third["received"]
+            return False
+
+        wait_until(the_third_has_it, 10, what="the direct message at worker 3")
         get(server.port, "/to-front")
         server.wait_for(r"message from worker \d \(pid \d+\): \{'note': 'hi front'\}")
         too_big = get(server.port, "/too-big")
@@ -273,17 +281,17 @@ def test_log_file_is_reopened_on_sigusr1(tmp_path: Path):
     log_file = tmp_path / "rrproxy.log"
     with RRProxy("--log-file", str(log_file), "--access-log", PROBE, workers=2) as server:
         get(server.port, "/before")
-        time.sleep(0.3)
+        wait_until(lambda: '"GET /before"' in log_file.read_text(), 10, what="the access log")
         rotated = tmp_path / "rrproxy.log.1"
         log_file.rename(rotated)
         server.signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not log_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(log_file.exists, 10, 0.05, what="the front's new log file")
+        # The workers reopen theirs when the front's message reaches them; they say
+        # nothing when they do, so this wait has no event to watch.
         time.sleep(0.3)
         for _ in range(2):
             get(server.port, "/after")
-        time.sleep(0.5)
+        wait_until(lambda: log_file.read_text().count('"GET /after"') == 2, 10, what="2 lines")
     assert '"GET /before"' in rotated.read_text()
     after = log_file.read_text()
     assert after.count('"GET /after"') == 2
