@@ -38,6 +38,25 @@ class ProtocolViolation(RuntimeError):
     """The app sent ASGI messages out of order or malformed."""
 
 
+#: What an app raises that ends only its request: a sys.exit() must not end the worker.
+APP_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def octets(value: Any, what: str) -> bytes:
+    """A bytes-like field of an ASGI message as bytes, else ProtocolViolation (bytes(n) of an
+    int is n NUL bytes: a Content-Length given as an int allocated that many)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise ProtocolViolation(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def header_list(headers: Any) -> list[tuple[bytes, bytes]]:
+    """The headers of an ASGI message: (name, value) byte strings, names lowercased."""
+    return [(octets(k, "a header name").lower(), octets(v, "a header value")) for k, v in headers]
+
+
 _ASYNCIO_HINT = (
     "the app uses asyncio, which does not run on trio: start rrproxy with "
     "--loop asyncio (or --loop auto, the default for ASGI apps)"
@@ -110,6 +129,7 @@ class HTTPCycle:
         "head",
         "head_sent",
         "headers",
+        "refused",
         "started",
         "status",
     )
@@ -124,6 +144,8 @@ class HTTPCycle:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_sent = 0
+        #: The core refused the app's head (nothing went out): send_error(written=False).
+        self.refused = False
         self._done: Event | None = None
         #: The request body broke HTTP framing: the status to answer (the app is
         #: told http.disconnect).
@@ -174,7 +196,7 @@ class HTTPCycle:
                 raise ProtocolViolation("http.response.start sent twice")
             self.started = True
             self.status = int(message["status"])
-            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            self.headers = header_list(message.get("headers", ()))
             return
         if kind != "http.response.body":
             raise ProtocolViolation(f"unexpected ASGI message {kind!r} in an HTTP cycle")
@@ -182,12 +204,13 @@ class HTTPCycle:
             raise ProtocolViolation("http.response.body before http.response.start")
         if self.complete:
             raise ProtocolViolation("http.response.body after the response ended")
-        body = bytes(message.get("body", b""))
+        body = octets(message.get("body", b""), "http.response.body's body")
         more = bool(message.get("more_body", False))
         connection = self.connection
         core = connection.core
+        first = not self.head_sent
         try:
-            if not self.head_sent:
+            if first:
                 whole = not more and not any(k == b"transfer-encoding" for k, _ in self.headers)
                 data = core.response(
                     self.status,
@@ -196,7 +219,6 @@ class HTTPCycle:
                     head=self.head,
                     close=connection.server.draining,
                 )
-                self.head_sent = True
                 if whole:
                     self.body_sent = 0 if self.head else len(body)
                     self.complete = True
@@ -212,7 +234,11 @@ class HTTPCycle:
                 data += core.end()
                 self.complete = True
         except InvalidResponse as exc:
+            # Nothing of this message has been written: if it held the head, the
+            # client can still get a 500 instead of a connection closed on it.
+            self.refused = first
             raise ProtocolViolation(f"invalid response: {exc}") from None
+        self.head_sent = True
         if data:
             await connection.send(data)
         if self.complete:
@@ -250,7 +276,7 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         return False
     except ClientDisconnected:
         raise
-    except Exception as exc:
+    except APP_ERRORS as exc:
         where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):
             log.error("ASGI app broke the protocol on %s: %s", where, exc)
@@ -261,6 +287,8 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         else:
             log.exception("ASGI app raised on %s", where)
         if not cycle.head_sent:
+            if cycle.refused:
+                return await connection.send_error(500, written=False)
             if isinstance(exc, StateUnavailable):
                 return await connection.send_error(503)
             if isinstance(exc, StateFull):

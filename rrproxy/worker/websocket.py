@@ -25,7 +25,7 @@ from wsproto.events import (
 
 from ..errors import ClientDisconnected
 from ..protocol.http11 import InvalidResponse
-from .asgi import ProtocolViolation, http_scope
+from .asgi import APP_ERRORS, ProtocolViolation, header_list, http_scope, octets
 from .backend import Queue, QueueClosed
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class WebSocketSession:
                     log.error("ASGI app broke the WebSocket protocol: %s", exc)
                 except ClientDisconnected:
                     pass
-                except Exception:
+                except APP_ERRORS:
                     log.exception("ASGI WebSocket app raised")
                     if self.accepted and not self.closed:
                         await self._close(1011, "internal error")
@@ -136,10 +136,14 @@ class WebSocketSession:
             if self.closed:
                 return  # the peer is gone; like uvicorn, drop silently
             text, data = message.get("text"), message.get("bytes")
-            payload = text if text is not None else data
-            if payload is None:
+            if text is not None:
+                if not isinstance(text, str):
+                    raise ProtocolViolation(f"websocket.send text is {type(text).__name__}")
+                await self._write(TextMessage(data=text))
+            elif data is not None:
+                await self._write(BytesMessage(data=octets(data, "websocket.send bytes")))
+            else:
                 raise ProtocolViolation("websocket.send needs text or bytes")
-            await self._write(_message(payload))
         elif kind == "websocket.close":
             if not self.accepted:
                 await self._deny(403)
@@ -149,15 +153,13 @@ class WebSocketSession:
             if self.accepted or self.denied:
                 raise ProtocolViolation("websocket.http.response.start after the handshake")
             self._denial_status = int(message["status"])
-            self._denial_headers = [
-                (bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())
-            ]
+            self._denial_headers = header_list(message.get("headers", ()))
         elif kind == "websocket.http.response.body":
             if not self._denial_status:
                 raise ProtocolViolation("websocket.http.response.body before .start")
             await self._deny(
                 self._denial_status,
-                bytes(message.get("body", b"")),
+                octets(message.get("body", b""), "websocket.http.response.body's body"),
                 self._denial_headers,
                 bool(message.get("more_body", False)),
             )
@@ -177,7 +179,7 @@ class WebSocketSession:
         ]
         if message.get("subprotocol"):
             headers.append((b"sec-websocket-protocol", message["subprotocol"].encode()))
-        headers += [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+        headers += header_list(message.get("headers", ()))
         await connection.send(connection.core.informational(101, headers))
         # What the client sent after its upgrade request is WebSocket frames: the
         # framing checks held it back from h11 (as raw bytes) until now.
@@ -307,12 +309,6 @@ class WebSocketSession:
                 await self._close(1011, "ping timeout")
                 self._peer_gone(1006)
                 return
-
-
-def _message(payload: str | bytes) -> Any:
-    if isinstance(payload, str):
-        return TextMessage(data=payload)
-    return BytesMessage(data=bytes(payload))
 
 
 __all__ = ["WebSocketSession", "is_websocket_upgrade"]

@@ -1,0 +1,133 @@
+"""ASGI apps that misuse send(), through test_connection.py's memory transport: each
+gets a 500 (or a clean close once its head is out), and the connection serves the
+next request."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+from ..config import WorkerConfig
+from .asgi import ASGIAdapter
+from .backend import Backend
+from .connection import HTTPConnection
+from .server import WorkerServer
+from .test_connection import BACKENDS, GET, MemoryTransport, serve
+from .test_websocket import UPGRADE
+
+START = {"type": "http.response.start", "status": 200}
+
+
+def app_sending(*messages: dict[str, Any]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    return app
+
+
+def answers(backend: Backend, app: Any) -> list[tuple[int, bytes]]:
+    responses, _ = serve(backend, [GET, GET], adapter=ASGIAdapter(app), handler=app)
+    return [(status, body) for status, _, body in responses]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # bytes(7) is seven NUL bytes: a 200 with a body of zeros went out.
+        [START, {"type": "http.response.body", "body": 7}],
+        # bytes(n) allocated n bytes before h11 refused the header.
+        [{**START, "headers": [(b"content-length", 5)]}, {"type": "http.response.body"}],
+        [{**START, "headers": [(b"x-a", "text")]}, {"type": "http.response.body"}],
+    ],
+    ids=["int-body", "int-header-value", "str-header-value"],
+)
+def test_a_field_that_is_not_bytes_is_a_500(backend: Backend, messages: Any) -> None:
+    assert answers(backend, app_sending(*messages)) == [(500, b"500 Internal Server Error\n")] * 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "start",
+    [{**START, "headers": [(b"content-length", b"1")]}, {**START, "status": 304}],
+    ids=["over-content-length", "body-on-304"],
+)
+def test_a_first_chunk_the_core_refuses_is_a_500_not_an_empty_reply(
+    backend: Backend, start: dict[str, Any]
+) -> None:
+    # The head was counted as sent when only built: the connection closed on the
+    # client with nothing written at all.
+    app = app_sending(start, {"type": "http.response.body", "body": b"xx", "more_body": True})
+    assert answers(backend, app)[:1] == [(500, b"500 Internal Server Error\n")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt])
+def test_sys_exit_in_an_app_is_a_500_not_a_dead_worker(
+    backend: Backend, error: type[BaseException]
+) -> None:
+    # It escaped the connection task and ended the worker with every request on it.
+    calls = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        ok = app_sending(START, {"type": "http.response.body", "body": b"ok"})
+        await ok(scope, receive, send)
+
+    assert answers(backend, app) == [(500, b"500 Internal Server Error\n"), (200, b"ok")]
+
+
+def session_sending(backend: Backend, message: dict[str, Any]) -> list[Any]:
+    """The events a WebSocket client gets from an app that accepts, then sends `message`."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        if message["type"] == "raise":
+            sys.exit(0)
+        await send(message)
+
+    config = WorkerConfig(app="test:app", ws_ping_interval=0)
+
+    async def main() -> MemoryTransport:
+        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
+        transport = MemoryTransport(backend, [UPGRADE])
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(5):
+            await connection.run(transport)  # type: ignore[arg-type]
+        return transport
+
+    written = b"".join(backend.run(main).sent)
+    head, _, rest = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(rest)
+    return list(client.events())
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "message",
+    [{"type": "websocket.send", "bytes": 5}, {"type": "websocket.send", "text": 5}],
+    ids=["int-bytes", "int-text"],
+)
+def test_a_websocket_payload_that_is_not_bytes_or_text_sends_no_zeros(
+    backend: Backend, message: dict[str, Any]
+) -> None:
+    events = session_sending(backend, message)
+    assert not any(isinstance(event, BytesMessage | TextMessage) for event in events)
+    assert any(isinstance(event, CloseConnection) for event in events)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_sys_exit_in_a_websocket_app_closes_with_1011(backend: Backend) -> None:
+    events = session_sending(backend, {"type": "raise"})
+    assert [event.code for event in events if isinstance(event, CloseConnection)] == [1011]
