@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -16,8 +18,8 @@ from ..config import WorkerConfig
 from .backend import Backend
 from .connection import HTTPConnection
 from .server import WorkerServer
-from .test_connection import BACKENDS, GET, MemoryTransport
-from .wsgi import WSGIAdapter
+from .test_connection import BACKENDS, GET, MemoryTransport, serve
+from .wsgi import BUFFERED_BODY, WSGIAdapter
 
 HEAD = b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -111,3 +113,36 @@ def test_an_error_head_after_write_never_carries_the_written_body(backend: Backe
     assert b"partialerror page" not in out
     # Either the head went out with "partial" and the connection closed, or a plain 500.
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") or b"500 Internal Server Error\n" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_client_stalled_mid_body_does_not_hold_the_apps_thread(backend: Backend) -> None:
+    # Past BUFFERED_BODY, wsgi.input reads on the loop outside the connection's cancel
+    # scope: --header-timeout never reached it and the thread waited for the client
+    # forever (with --threads 1, so did every other request of the worker).
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            environ["wsgi.input"].read()
+        except BaseException as exc:
+            seen.append(type(exc).__name__)
+            raise
+        start_response("200 OK", [])
+        return [b"read it all"]
+
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * BUFFERED_BODY)
+    request = head + b"x" * (BUFFERED_BODY + BUFFERED_BODY // 2)  # then silence
+    adapter = WSGIAdapter(app, backend, 1)
+    started = time.monotonic()
+    server = threading.Thread(
+        target=serve,
+        args=(backend, [request], app, True, adapter),
+        kwargs={"max_body_size": 4 * BUFFERED_BODY},
+        daemon=True,  # (stuck forever before the fix)
+    )
+    server.start()
+    server.join(8)
+    assert not server.is_alive()
+    assert seen == ["ClientDisconnected"]
+    assert time.monotonic() - started < 3  # --header-timeout is 0.3 s in serve()

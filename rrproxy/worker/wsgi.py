@@ -355,7 +355,7 @@ class WSGIAdapter:
         except MalformedBody as exc:
             return await connection.send_error(exc.status)
         pool = self.pool
-        more = None if complete else lambda: pool.call_async(connection.read_body_chunk)
+        more = None if complete else lambda: pool.call_async(self._read_more, connection)
         body = WSGIInput(b"".join(parts), more)
         environ = build_environ(connection, request, body, self.threads)
         exchange = Exchange(connection, pool, self.backend, request.method == b"HEAD")
@@ -368,6 +368,15 @@ class WSGIAdapter:
             except BaseException:
                 exchange.cancel()
                 raise
+
+    async def _read_more(self, connection: HTTPConnection) -> bytes | None:
+        """The next piece of the body, for wsgi.input in the app's thread. This runs outside the
+        connection's cancel scope (a task of its own under asyncio; trio does not cancel it
+        either): its own deadline, or a client stalled mid-body held the thread forever."""
+        timeout = connection.server.config.header_timeout
+        with self.backend.move_on_after(timeout):
+            return await connection.read_body_chunk()
+        raise ClientDisconnected(f"no more of the body for {timeout:g} s (--header-timeout)")
 
     async def _run(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
         self.running[job] = self.backend.current_time()
