@@ -131,3 +131,30 @@ def test_a_websocket_payload_that_is_not_bytes_or_text_sends_no_zeros(
 def test_sys_exit_in_a_websocket_app_closes_with_1011(backend: Backend) -> None:
     events = session_sending(backend, {"type": "raise"})
     assert [event.code for event in events if isinstance(event, CloseConnection)] == [1011]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_an_app_awaiting_disconnect_after_its_close_is_not_held_forever(backend: Backend) -> None:
+    # The peer neither answers our close frame nor hangs up: the keepalive stops at the
+    # close, and receive() waited for the peer forever.
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        got.append(await receive())
+
+    config = WorkerConfig(app="test:app", ws_ping_interval=0.2, ws_ping_timeout=0.5)
+
+    async def main() -> bool:
+        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
+        transport = MemoryTransport(backend, [UPGRADE], hold=True)
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(3) as scope:
+            await connection.run(transport)  # type: ignore[arg-type]
+        return scope.cancelled_caught
+
+    assert backend.run(main) is False
+    assert got == [{"type": "websocket.disconnect", "code": 1006}]

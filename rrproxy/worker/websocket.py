@@ -229,6 +229,17 @@ class WebSocketSession:
         self.closed = True
         if self.ws.state is ConnectionState.OPEN:
             await self._write(CloseConnection(code=code, reason=why))
+            if self.close_code is None and self._tasks is not None:
+                self._tasks.start_soon(self._close_timeout)
+
+    async def _close_timeout(self) -> None:
+        """Our close frame is out: a peer that neither answers it nor hangs up within
+        --ws-ping-timeout is given up on (as websockets' close_timeout; uvicorn hangs up at
+        once), or an app awaiting websocket.disconnect waited forever."""
+        await self.backend.sleep(self.config.ws_ping_timeout)
+        if self.close_code is None:
+            log.info("WebSocket peer did not answer our close frame; closing")
+            self._peer_gone(1006)
 
     def close_for_restart(self) -> None:
         """Drain timeout reached: tell the client to come back (1012)."""
