@@ -295,7 +295,9 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
                 return await connection.send_error(507)
             response = internal_error(connection, exc)
             return await send_response(connection, response, cycle.head)
-        return False  # the response is partly out: closing tells the client
+        # The response is (partly) out: closing tells the client; it is still counted.
+        connection.finished(cycle.status, cycle.body_sent)
+        return False
     finally:
         connection.asgi_cycle = None
     if cycle.bad_request:
@@ -311,9 +313,8 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         return await connection.send_error(500)
     if not cycle.complete:
         log.error("ASGI app returned before finishing its response (more_body=True)")
-        return False
     connection.finished(cycle.status, cycle.body_sent)
-    return True
+    return cycle.complete
 
 
 class LifespanFailed(Exception):

@@ -158,3 +158,27 @@ def test_an_app_awaiting_disconnect_after_its_close_is_not_held_forever(backend:
 
     assert backend.run(main) is False
     assert got == [{"type": "websocket.disconnect", "code": 1006}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("after", ["raise", "return"])
+def test_a_response_cut_short_is_still_counted(backend: Backend, after: str) -> None:
+    # Only whole responses reached the status counts and the access log: a 200 whose
+    # app failed mid-body (or returned with more_body=True) was never seen.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(START)
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        if after == "raise":
+            raise RuntimeError("mid-body")
+
+    config = WorkerConfig(app="test:app", keep_alive=0.3, header_timeout=0.3)
+
+    async def main() -> dict[int, int]:
+        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(3):
+            await connection.run(MemoryTransport(backend, [GET]))  # type: ignore[arg-type]
+        return server.statuses
+
+    assert backend.run(main) == {200: 1}

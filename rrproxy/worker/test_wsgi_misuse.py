@@ -146,3 +146,24 @@ def test_a_client_stalled_mid_body_does_not_hold_the_apps_thread(backend: Backen
     assert not server.is_alive()
     assert seen == ["ClientDisconnected"]
     assert time.monotonic() - started < 3  # --header-timeout is 0.3 s in serve()
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_response_cut_short_is_still_counted(backend: Backend) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        yield b"part"
+        time.sleep(0.05)  # (the head goes out first)
+        raise RuntimeError("mid-body")
+
+    config = WorkerConfig(app="test:app", keep_alive=0.3, header_timeout=0.3)
+
+    async def main() -> dict[int, int]:
+        server = WorkerServer(config, 1, app, True, backend, WSGIAdapter(app, backend, 1))
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(3):
+            await connection.run(MemoryTransport(backend, [GET]))  # type: ignore[arg-type]
+        return server.statuses
+
+    assert backend.run(main) == {200: 1}

@@ -229,6 +229,8 @@ class Exchange:
                     log.error("WSGI app failed after the head went out: %r", error)
                     if out:
                         await self._send(out, len(data))
+                    sent_total += len(data)
+                    connection.finished(self.status, 0 if head else sent_total)
                     return False  # closing without the end tells the client
                 if done and file is not None:
                     await self._send(out, 0)
