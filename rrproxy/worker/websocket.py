@@ -22,6 +22,7 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 
 from ..errors import ClientDisconnected
 from ..protocol.http11 import InvalidResponse
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rrproxy.websocket")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The close codes RFC 6455 and IANA define below 3000 (3000-4999 are the apps').
+_DEFINED = frozenset(int(reason) for reason in CloseReason)
 
 
 def is_websocket_upgrade(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -94,6 +97,8 @@ class WebSocketSession:
                     await self.connection.server.handler(scope, self.receive, self.send)
                 except ProtocolViolation as exc:
                     log.error("ASGI app broke the WebSocket protocol: %s", exc)
+                    if self.accepted and not self.closed:
+                        await self._close(1011, "internal error")
                 except ClientDisconnected:
                     pass
                 except APP_ERRORS:
@@ -148,7 +153,15 @@ class WebSocketSession:
             if not self.accepted:
                 await self._deny(403)
             else:
-                await self._close(int(message.get("code", 1000)), message.get("reason") or "")
+                code, reason = message.get("code", 1000), message.get("reason") or ""
+                # What a client may receive (RFC 6455 §7.4): 999 or 5000 reached it as a
+                # protocol error, and 99999 or a bytes reason failed to send at all.
+                # (1005, 1006 and 1015, never sent, wsproto turns into 1000.)
+                if not isinstance(code, int) or not (code in _DEFINED or 3000 <= code < 5000):
+                    raise ProtocolViolation(f"websocket.close code {code!r} cannot be sent")
+                if not isinstance(reason, str):
+                    raise ProtocolViolation("websocket.close reason must be str")
+                await self._close(code, reason)
         elif kind == "websocket.http.response.start":
             if self.accepted or self.denied:
                 raise ProtocolViolation("websocket.http.response.start after the handshake")
