@@ -17,11 +17,10 @@ import h11
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
-from .backend import Backend, Event, Queue, QueueClosed
+from .backend import Backend, Event
 from .native_response import internal_error, send_response
 
 if TYPE_CHECKING:
-    from .backend import TaskGroup
     from .connection import HTTPConnection
 
 log = logging.getLogger("rrproxy.asgi")
@@ -53,11 +52,11 @@ def octets(value: Any, what: str) -> bytes:
 
 
 def header_list(headers: Any) -> list[tuple[bytes, bytes]]:
-    """The headers of an ASGI message: (name, value) byte strings, names lowercased."""
+    """An ASGI message's headers, as (lowercased name, value) bytes."""
     return [(octets(k, "a header name").lower(), octets(v, "a header value")) for k, v in headers]
 
 
-_ASYNCIO_HINT = (
+ASYNCIO_HINT = (
     "the app uses asyncio, which does not run on trio: start rrproxy with "
     "--loop asyncio (or --loop auto, the default for ASGI apps)"
 )
@@ -276,13 +275,16 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         return False
     except ClientDisconnected:
         raise
-    except APP_ERRORS as exc:
+    except BaseException as exc:
+        backend = connection.server.backend
+        if not isinstance(exc, APP_ERRORS) and not backend.stray_cancellation(exc):
+            raise  # the loop's cancellation
         where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):
             log.error("ASGI app broke the protocol on %s: %s", where, exc)
-        elif asyncio_on_trio(connection.server.backend, exc):
+        elif asyncio_on_trio(backend, exc):
             log.error(
-                "ASGI app raised on %s: %s: %s (%s)", where, type(exc).__name__, exc, _ASYNCIO_HINT
+                "ASGI app raised on %s: %s: %s (%s)", where, type(exc).__name__, exc, ASYNCIO_HINT
             )
         else:
             log.exception("ASGI app raised on %s", where)
@@ -317,91 +319,4 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
     return cycle.complete
 
 
-class LifespanFailed(Exception):
-    """startup.failed, or the app raised during startup with --lifespan on."""
-
-
-class Lifespan:
-    """Runs the app's lifespan protocol in a task of the worker."""
-
-    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any], backend: Backend) -> None:
-        self.app = app
-        self.mode = mode
-        self.state = state
-        self.backend = backend
-        self.supported = mode != "off"
-        self._inbox = Queue(backend)
-        self._startup_done = backend.event()
-        self._shutdown_done = backend.event()
-        self._failure: str | None = None
-        self._sent_anything = False
-
-    async def startup(self, tasks: TaskGroup, timeout: float) -> None:
-        """Send lifespan.startup and wait up to `timeout` for the app's answer; raises
-        LifespanFailed if the app says it failed or never answers. Apps without lifespan support
-        are skipped."""
-        if not self.supported:
-            return
-        tasks.start_soon(self._run)
-        self._inbox.put({"type": "lifespan.startup"})
-        with self.backend.move_on_after(timeout) as scope:
-            await self._startup_done.wait()
-        if scope.cancelled_caught:
-            raise LifespanFailed(f"lifespan startup did not complete within {timeout:g} s")
-        if self._failure is not None:
-            raise LifespanFailed(self._failure)
-
-    async def shutdown(self, timeout: float) -> None:
-        """Send lifespan.shutdown and wait up to `timeout` for the app to finish it."""
-        if not self.supported or self._failure is not None or self._inbox.closed:
-            return
-        self._inbox.put({"type": "lifespan.shutdown"})
-        with self.backend.move_on_after(timeout):
-            await self._shutdown_done.wait()
-
-    async def _run(self) -> None:
-        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
-        try:
-            await self.app(scope, self._receive, self._send)
-        except Exception as exc:
-            if self.mode == "auto" and not self._sent_anything:
-                log.info(
-                    "ASGI lifespan unsupported by the app (%s: %s); continuing without",
-                    type(exc).__name__,
-                    exc,
-                )
-                self.supported = False
-            else:
-                log.exception("ASGI lifespan raised")
-                self._failure = f"lifespan raised {type(exc).__name__}: {exc}"
-                if asyncio_on_trio(self.backend, exc):
-                    self._failure += f" ({_ASYNCIO_HINT})"
-        finally:
-            self._inbox.close()
-            self._startup_done.set()
-            self._shutdown_done.set()
-
-    async def _receive(self) -> Message:
-        try:
-            message: Message = await self._inbox.get()
-        except QueueClosed:
-            raise ProtocolViolation("lifespan receive() after the lifespan ended") from None
-        return message
-
-    async def _send(self, message: Message) -> None:
-        self._sent_anything = True
-        kind = message["type"]
-        if kind == "lifespan.startup.complete":
-            self._startup_done.set()
-        elif kind == "lifespan.startup.failed":
-            self._failure = message.get("message") or "lifespan startup failed"
-            self._startup_done.set()
-        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-            if kind.endswith("failed"):
-                log.error("lifespan shutdown failed: %s", message.get("message", ""))
-            self._shutdown_done.set()
-        else:
-            raise ProtocolViolation(f"unexpected lifespan message {kind!r}")
-
-
-__all__ = ["ASGIAdapter", "HTTPCycle", "Lifespan", "LifespanFailed", "run_http"]
+__all__ = ["ASGIAdapter", "HTTPCycle", "run_http"]

@@ -202,3 +202,24 @@ def test_a_close_code_no_client_accepts_is_a_1011(backend: Backend, fields: dict
 def test_close_codes_a_client_accepts_go_out(backend: Backend, code: int) -> None:
     events = session_sending(backend, {"type": "websocket.close", "code": code})
     assert [event.code for event in events if isinstance(event, CloseConnection)] == [code]
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:], ids=lambda b: b.name)  # (asyncio's)
+def test_a_cancelled_error_of_the_apps_own_is_a_500(backend: Backend) -> None:
+    # An app that cancels a task and awaits it lets CancelledError out: asyncio took it
+    # for the connection's cancellation, closed without a response and logged nothing.
+    import asyncio
+
+    calls = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            task = asyncio.ensure_future(asyncio.sleep(10))
+            await asyncio.sleep(0)
+            task.cancel()
+            await task
+        ok = app_sending(START, {"type": "http.response.body", "body": b"ok"})
+        await ok(scope, receive, send)
+
+    assert answers(backend, app) == [(500, b"500 Internal Server Error\n"), (200, b"ok")]

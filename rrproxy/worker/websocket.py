@@ -101,7 +101,9 @@ class WebSocketSession:
                         await self._close(1011, "internal error")
                 except ClientDisconnected:
                     pass
-                except APP_ERRORS:
+                except BaseException as exc:
+                    if not isinstance(exc, APP_ERRORS) and not self.backend.stray_cancellation(exc):
+                        raise  # the loop's cancellation
                     log.exception("ASGI WebSocket app raised")
                     if self.accepted and not self.closed:
                         await self._close(1011, "internal error")
