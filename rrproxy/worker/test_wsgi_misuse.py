@@ -167,3 +167,30 @@ def test_a_response_cut_short_is_still_counted(backend: Backend) -> None:
         return server.statuses
 
     assert backend.run(main) == {200: 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_requests_waiting_for_a_thread_do_not_hide_a_stuck_pool(backend: Backend) -> None:
+    # A request counted as running from its arrival, while it waited for a thread: with
+    # every thread stuck, each new request looked like fresh work and the worker never
+    # fell silent for the front to replace it, as long as clients kept coming.
+    release = threading.Event()
+
+    class Blocked:
+        def run_app(self, app: Any, environ: Any) -> None:
+            release.wait(5)
+
+    adapter = WSGIAdapter(lambda environ, start_response: [], backend, 1)
+
+    async def main() -> tuple[bool, bool]:
+        async with backend.task_group() as tasks:
+            tasks.start_soon(adapter._run, 1, Blocked(), {})
+            await backend.sleep(0.4)
+            alone = adapter.stuck(0.3)
+            tasks.start_soon(adapter._run, 2, Blocked(), {})  # waits for the one thread
+            await backend.sleep(0.05)
+            with_newcomer = adapter.stuck(0.3)
+            release.set()
+        return alone, with_newcomer
+
+    assert backend.run(main) == (True, True)

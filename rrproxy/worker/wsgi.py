@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -327,16 +328,16 @@ class WSGIAdapter:
         self.backend = backend
         self.threads = threads
         self.pool = backend.thread_pool(threads)
-        #: When each running app call started (for the stuck-pool heartbeat rule).
+        #: When each app call started in its thread (time.monotonic(), for the stuck-pool
+        #: heartbeat rule).
         self.running: dict[int, float] = {}
         self._ids = 0
 
     def stuck(self, after: float) -> bool:
         """Every thread has been busy with one request for more than `after` seconds:
         the worker stops its heartbeat so the front can replace it."""
-        if len(self.running) < self.threads:
-            return False
-        return max(self.running.values()) < self.backend.current_time() - after
+        started = list(self.running.values())  # (threads add to it: one C call copies it)
+        return len(started) >= self.threads and max(started) < time.monotonic() - after
 
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
         """Read up to BUFFERED_BODY bytes of the body on the loop, run the app in a pool thread, and
@@ -381,11 +382,16 @@ class WSGIAdapter:
         raise ClientDisconnected(f"no more of the body for {timeout:g} s (--header-timeout)")
 
     async def _run(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
-        self.running[job] = self.backend.current_time()
         try:
-            await self.pool.run(exchange.run_app, self.app, environ)
+            await self.pool.run(self._call, job, exchange, environ)
         finally:
-            del self.running[job]
+            self.running.pop(job, None)
+
+    def _call(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
+        # Timed from here, in the thread: a request waiting for a thread is not running
+        # (counted from its arrival, a stream of newcomers kept a stuck pool looking busy).
+        self.running[job] = time.monotonic()
+        exchange.run_app(self.app, environ)
 
 
 __all__ = ["Exchange", "WSGIAdapter"]
