@@ -194,3 +194,19 @@ def test_requests_waiting_for_a_thread_do_not_hide_a_stuck_pool(backend: Backend
         return alone, with_newcomer
 
     assert backend.run(main) == (True, True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_pipe_in_the_file_wrapper_is_read_not_sendfiled(backend: Backend) -> None:
+    # A pipe has a fileno, but tell() raises on it: a subprocess's stdout in
+    # wsgi.file_wrapper was a 500 (gunicorn reads it block by block).
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        read, write = os.pipe()
+        os.write(write, b"from a pipe")
+        os.close(write)
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](os.fdopen(read, "rb"))
+
+    out = written(backend, [GET], app)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"from a pipe" in out  # (whole, or chunked: as the thread and the loop meet)

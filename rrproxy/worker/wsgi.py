@@ -26,7 +26,7 @@ import h11
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from .native_response import internal_error, send_response
-from .wsgi_environ import FileWrapper, WSGIInput, build_environ
+from .wsgi_environ import FileWrapper, WSGIInput, build_environ, file_size, sendfile_offset
 
 if TYPE_CHECKING:
     from .backend import Backend, ThreadPool
@@ -128,12 +128,12 @@ class Exchange:
             file = getattr(result, "file", None) if isinstance(result, FileWrapper) else None
             with self.lock:  # (after write() calls, the head is out without a length)
                 fresh = not self.head_sent and not self.chunks
-            if file is not None and fresh and _has_fileno(file) and self.status:
-                offset = file.tell() if hasattr(file, "tell") else 0
+            offset = sendfile_offset(file) if file is not None and fresh else None
+            if offset is not None and self.status:
                 if self.head or self.status in (204, 304):
                     # No body goes out: only the size is needed, and close() (PEP 3333;
                     # Django's sends request_finished) runs below, in this thread.
-                    self.file_size = _file_size(file, offset)
+                    self.file_size = file_size(file, offset)
                     return
                 self.file = (file, offset)
                 return
@@ -207,7 +207,7 @@ class Exchange:
                 if first:
                     headers = self.headers
                     chunked = any(k == b"transfer-encoding" for k, _ in headers)
-                    size = _file_size(*file) if file is not None else self.file_size
+                    size = file_size(*file) if file is not None else self.file_size
                     declared = _content_length(headers)
                     if size is not None and declared is None and self.status not in (204, 304):
                         headers.append((b"content-length", b"%d" % size))
@@ -237,7 +237,7 @@ class Exchange:
                     await self._send(out, 0)
                     out = b""
                     first = False  # the head is out: no 500 can follow any more
-                    count = _file_size(*file) if size is None else size
+                    count = file_size(*file) if size is None else size
                     sent_total += await self._send_file(file[0], file[1], count)
                 if done:
                     out += core.end()
@@ -299,25 +299,11 @@ def _format(error: BaseException) -> list[str]:
     return traceback.format_exception(error)
 
 
-def _has_fileno(file: Any) -> bool:
-    try:
-        file.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
-
-
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length" and value.strip().isdigit():
             return int(value)
     return None
-
-
-def _file_size(file: Any, offset: int) -> int:
-    import os
-
-    return max(0, os.fstat(file.fileno()).st_size - offset)
 
 
 class WSGIAdapter:
