@@ -223,3 +223,38 @@ def test_a_cancelled_error_of_the_apps_own_is_a_500(backend: Backend) -> None:
         await ok(scope, receive, send)
 
     assert answers(backend, app) == [(500, b"500 Internal Server Error\n"), (200, b"ok")]
+
+
+class LeavingTransport(MemoryTransport):
+    """A client that sent its pieces and left: client_gone() says so once they are read."""
+
+    def client_gone(self) -> bool:
+        return not self.inbound
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_client_gone_before_accept_is_a_websocket_disconnect(backend: Backend) -> None:
+    # No reader runs before the accept and the sweep skipped WebSockets: an app awaiting
+    # receive() before accepting waited forever for a client long gone (uvicorn says
+    # websocket.disconnect).
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        got.append(await receive())
+        got.append(await receive())
+
+    config = WorkerConfig(app="test:app", ws_ping_interval=0)
+
+    async def main() -> bool:
+        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        async with backend.task_group() as tasks:
+            tasks.start_soon(server.sweep_disconnects)
+            with backend.move_on_after(4) as scope:
+                await connection.run(LeavingTransport(backend, [UPGRADE]))  # type: ignore[arg-type]
+            tasks.cancel()
+        return scope.cancelled_caught
+
+    assert backend.run(main) is False
+    assert got == [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]

@@ -261,6 +261,11 @@ class WebSocketSession:
         if self._tasks is not None and self.accepted and not self.closed:
             self._tasks.start_soon(self._close, 1012, "service restart")
 
+    def client_left(self) -> None:
+        """The sweep saw the client leave before the app answered the handshake (no reader
+        runs yet): receive() says websocket.disconnect rather than wait forever."""
+        self._peer_gone(1006)
+
     def _peer_gone(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
