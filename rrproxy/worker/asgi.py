@@ -17,11 +17,10 @@ import h11
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
-from .backend import Backend, Event, Queue, QueueClosed
+from .backend import Backend, Event
 from .native_response import internal_error, send_response
 
 if TYPE_CHECKING:
-    from .backend import TaskGroup
     from .connection import HTTPConnection
 
 log = logging.getLogger("rrproxy.asgi")
@@ -38,7 +37,26 @@ class ProtocolViolation(RuntimeError):
     """The app sent ASGI messages out of order or malformed."""
 
 
-_ASYNCIO_HINT = (
+#: What an app raises that ends only its request: a sys.exit() must not end the worker.
+APP_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def octets(value: Any, what: str) -> bytes:
+    """A bytes-like field of an ASGI message as bytes, else ProtocolViolation (bytes(n) of an
+    int is n NUL bytes: a Content-Length given as an int allocated that many)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise ProtocolViolation(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def header_list(headers: Any) -> list[tuple[bytes, bytes]]:
+    """An ASGI message's headers, as (lowercased name, value) bytes."""
+    return [(octets(k, "a header name").lower(), octets(v, "a header value")) for k, v in headers]
+
+
+ASYNCIO_HINT = (
     "the app uses asyncio, which does not run on trio: start rrproxy with "
     "--loop asyncio (or --loop auto, the default for ASGI apps)"
 )
@@ -110,6 +128,7 @@ class HTTPCycle:
         "head",
         "head_sent",
         "headers",
+        "refused",
         "started",
         "status",
     )
@@ -124,6 +143,8 @@ class HTTPCycle:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_sent = 0
+        #: The core refused the app's head (nothing went out): send_error(written=False).
+        self.refused = False
         self._done: Event | None = None
         #: The request body broke HTTP framing: the status to answer (the app is
         #: told http.disconnect).
@@ -174,7 +195,7 @@ class HTTPCycle:
                 raise ProtocolViolation("http.response.start sent twice")
             self.started = True
             self.status = int(message["status"])
-            self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            self.headers = header_list(message.get("headers", ()))
             return
         if kind != "http.response.body":
             raise ProtocolViolation(f"unexpected ASGI message {kind!r} in an HTTP cycle")
@@ -182,12 +203,13 @@ class HTTPCycle:
             raise ProtocolViolation("http.response.body before http.response.start")
         if self.complete:
             raise ProtocolViolation("http.response.body after the response ended")
-        body = bytes(message.get("body", b""))
+        body = octets(message.get("body", b""), "http.response.body's body")
         more = bool(message.get("more_body", False))
         connection = self.connection
         core = connection.core
+        first = not self.head_sent
         try:
-            if not self.head_sent:
+            if first:
                 whole = not more and not any(k == b"transfer-encoding" for k, _ in self.headers)
                 data = core.response(
                     self.status,
@@ -196,7 +218,6 @@ class HTTPCycle:
                     head=self.head,
                     close=connection.server.draining,
                 )
-                self.head_sent = True
                 if whole:
                     self.body_sent = 0 if self.head else len(body)
                     self.complete = True
@@ -212,7 +233,11 @@ class HTTPCycle:
                 data += core.end()
                 self.complete = True
         except InvalidResponse as exc:
+            # Nothing of this message has been written: if it held the head, the
+            # client can still get a 500 instead of a connection closed on it.
+            self.refused = first
             raise ProtocolViolation(f"invalid response: {exc}") from None
+        self.head_sent = True
         if data:
             await connection.send(data)
         if self.complete:
@@ -250,24 +275,31 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         return False
     except ClientDisconnected:
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        backend = connection.server.backend
+        if not isinstance(exc, APP_ERRORS) and not backend.stray_cancellation(exc):
+            raise  # the loop's cancellation
         where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):
             log.error("ASGI app broke the protocol on %s: %s", where, exc)
-        elif asyncio_on_trio(connection.server.backend, exc):
+        elif asyncio_on_trio(backend, exc):
             log.error(
-                "ASGI app raised on %s: %s: %s (%s)", where, type(exc).__name__, exc, _ASYNCIO_HINT
+                "ASGI app raised on %s: %s: %s (%s)", where, type(exc).__name__, exc, ASYNCIO_HINT
             )
         else:
             log.exception("ASGI app raised on %s", where)
         if not cycle.head_sent:
+            if cycle.refused:
+                return await connection.send_error(500, written=False)
             if isinstance(exc, StateUnavailable):
                 return await connection.send_error(503)
             if isinstance(exc, StateFull):
                 return await connection.send_error(507)
             response = internal_error(connection, exc)
             return await send_response(connection, response, cycle.head)
-        return False  # the response is partly out: closing tells the client
+        # The response is (partly) out: closing tells the client; it is still counted.
+        connection.finished(cycle.status, cycle.body_sent)
+        return False
     finally:
         connection.asgi_cycle = None
     if cycle.bad_request:
@@ -283,96 +315,8 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         return await connection.send_error(500)
     if not cycle.complete:
         log.error("ASGI app returned before finishing its response (more_body=True)")
-        return False
     connection.finished(cycle.status, cycle.body_sent)
-    return True
+    return cycle.complete
 
 
-class LifespanFailed(Exception):
-    """startup.failed, or the app raised during startup with --lifespan on."""
-
-
-class Lifespan:
-    """Runs the app's lifespan protocol in a task of the worker."""
-
-    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any], backend: Backend) -> None:
-        self.app = app
-        self.mode = mode
-        self.state = state
-        self.backend = backend
-        self.supported = mode != "off"
-        self._inbox = Queue(backend)
-        self._startup_done = backend.event()
-        self._shutdown_done = backend.event()
-        self._failure: str | None = None
-        self._sent_anything = False
-
-    async def startup(self, tasks: TaskGroup, timeout: float) -> None:
-        """Send lifespan.startup and wait up to `timeout` for the app's answer; raises
-        LifespanFailed if the app says it failed or never answers. Apps without lifespan support
-        are skipped."""
-        if not self.supported:
-            return
-        tasks.start_soon(self._run)
-        self._inbox.put({"type": "lifespan.startup"})
-        with self.backend.move_on_after(timeout) as scope:
-            await self._startup_done.wait()
-        if scope.cancelled_caught:
-            raise LifespanFailed(f"lifespan startup did not complete within {timeout:g} s")
-        if self._failure is not None:
-            raise LifespanFailed(self._failure)
-
-    async def shutdown(self, timeout: float) -> None:
-        """Send lifespan.shutdown and wait up to `timeout` for the app to finish it."""
-        if not self.supported or self._failure is not None or self._inbox.closed:
-            return
-        self._inbox.put({"type": "lifespan.shutdown"})
-        with self.backend.move_on_after(timeout):
-            await self._shutdown_done.wait()
-
-    async def _run(self) -> None:
-        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
-        try:
-            await self.app(scope, self._receive, self._send)
-        except Exception as exc:
-            if self.mode == "auto" and not self._sent_anything:
-                log.info(
-                    "ASGI lifespan unsupported by the app (%s: %s); continuing without",
-                    type(exc).__name__,
-                    exc,
-                )
-                self.supported = False
-            else:
-                log.exception("ASGI lifespan raised")
-                self._failure = f"lifespan raised {type(exc).__name__}: {exc}"
-                if asyncio_on_trio(self.backend, exc):
-                    self._failure += f" ({_ASYNCIO_HINT})"
-        finally:
-            self._inbox.close()
-            self._startup_done.set()
-            self._shutdown_done.set()
-
-    async def _receive(self) -> Message:
-        try:
-            message: Message = await self._inbox.get()
-        except QueueClosed:
-            raise ProtocolViolation("lifespan receive() after the lifespan ended") from None
-        return message
-
-    async def _send(self, message: Message) -> None:
-        self._sent_anything = True
-        kind = message["type"]
-        if kind == "lifespan.startup.complete":
-            self._startup_done.set()
-        elif kind == "lifespan.startup.failed":
-            self._failure = message.get("message") or "lifespan startup failed"
-            self._startup_done.set()
-        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-            if kind.endswith("failed"):
-                log.error("lifespan shutdown failed: %s", message.get("message", ""))
-            self._shutdown_done.set()
-        else:
-            raise ProtocolViolation(f"unexpected lifespan message {kind!r}")
-
-
-__all__ = ["ASGIAdapter", "HTTPCycle", "Lifespan", "LifespanFailed", "run_http"]
+__all__ = ["ASGIAdapter", "HTTPCycle", "run_http"]

@@ -199,6 +199,11 @@ class Backend(Protocol):
     def is_cancellation(self, exc: BaseException) -> bool:
         """Whether `exc` is the loop's cancellation (trio.Cancelled, CancelledError)."""
 
+    def stray_cancellation(self, exc: BaseException) -> bool:
+        """Whether `exc` is a CancelledError an app raised on its own (a task it cancelled and
+        then awaited), its task not being cancelled: the app's error, not the loop's
+        cancellation. Never under trio, whose Cancelled only trio raises."""
+
     async def wait_readable(self, sock: FileLike) -> None:
         """Wait until `sock` (a socket or an fd) has something to read, or an incoming
         connection for a listener. ResourceClosed if notify_closing() ends the wait."""

@@ -135,7 +135,8 @@ async def _serve(
     listeners: list[socket.socket],
     async_factory: bool = False,
 ) -> int:
-    from .asgi import ASGIAdapter, Lifespan
+    from .asgi import ASGIAdapter
+    from .lifespan import Lifespan
     from .server import Adapter, WorkerServer
     from .worker import Worker
 

@@ -223,20 +223,21 @@ class WorkerServer:
     async def sweep_disconnects(self) -> None:
         """Tell handlers whose client has gone away: a native handler is cancelled (it
         sees the loop's cancellation at its next await), an ASGI app gets
-        http.disconnect from receive()."""
+        http.disconnect from receive(), or websocket.disconnect before it accepted (once
+        it has, handler_started is 0 and the session's reader sees the client go)."""
         backend = self.backend
         while True:
             await backend.sleep(DISCONNECT_SWEEP_INTERVAL)
             started_before = backend.current_time() - DISCONNECT_SWEEP_INTERVAL / 2
             for connection in list(self.connections):
                 started = connection.handler_started
-                if (
-                    started
-                    and started < started_before
-                    and connection.websocket is None
-                    and connection.client_gone()
-                ):
-                    if connection.asgi_cycle is not None:
+                if started and started < started_before and connection.client_gone():
+                    if connection.websocket is not None:
+                        log.info(
+                            "client %s left before its WebSocket was accepted", connection.client
+                        )
+                        connection.websocket.client_left()
+                    elif connection.asgi_cycle is not None:
                         log.info(
                             "client %s went away; telling the app (http.disconnect)",
                             connection.client,

@@ -22,10 +22,11 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 
 from ..errors import ClientDisconnected
 from ..protocol.http11 import InvalidResponse
-from .asgi import ProtocolViolation, http_scope
+from .asgi import APP_ERRORS, ProtocolViolation, header_list, http_scope, octets
 from .backend import Queue, QueueClosed
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rrproxy.websocket")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The close codes RFC 6455 and IANA define below 3000 (3000-4999 are the apps').
+_DEFINED = frozenset(int(reason) for reason in CloseReason)
 
 
 def is_websocket_upgrade(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -94,9 +97,13 @@ class WebSocketSession:
                     await self.connection.server.handler(scope, self.receive, self.send)
                 except ProtocolViolation as exc:
                     log.error("ASGI app broke the WebSocket protocol: %s", exc)
+                    if self.accepted and not self.closed:
+                        await self._close(1011, "internal error")
                 except ClientDisconnected:
                     pass
-                except Exception:
+                except BaseException as exc:
+                    if not isinstance(exc, APP_ERRORS) and not self.backend.stray_cancellation(exc):
+                        raise  # the loop's cancellation
                     log.exception("ASGI WebSocket app raised")
                     if self.accepted and not self.closed:
                         await self._close(1011, "internal error")
@@ -136,28 +143,38 @@ class WebSocketSession:
             if self.closed:
                 return  # the peer is gone; like uvicorn, drop silently
             text, data = message.get("text"), message.get("bytes")
-            payload = text if text is not None else data
-            if payload is None:
+            if text is not None:
+                if not isinstance(text, str):
+                    raise ProtocolViolation(f"websocket.send text is {type(text).__name__}")
+                await self._write(TextMessage(data=text))
+            elif data is not None:
+                await self._write(BytesMessage(data=octets(data, "websocket.send bytes")))
+            else:
                 raise ProtocolViolation("websocket.send needs text or bytes")
-            await self._write(_message(payload))
         elif kind == "websocket.close":
             if not self.accepted:
                 await self._deny(403)
             else:
-                await self._close(int(message.get("code", 1000)), message.get("reason") or "")
+                code, reason = message.get("code", 1000), message.get("reason") or ""
+                # What a client may receive (RFC 6455 §7.4): 999 or 5000 reached it as a
+                # protocol error, and 99999 or a bytes reason failed to send at all.
+                # (1005, 1006 and 1015, never sent, wsproto turns into 1000.)
+                if not isinstance(code, int) or not (code in _DEFINED or 3000 <= code < 5000):
+                    raise ProtocolViolation(f"websocket.close code {code!r} cannot be sent")
+                if not isinstance(reason, str):
+                    raise ProtocolViolation("websocket.close reason must be str")
+                await self._close(code, reason)
         elif kind == "websocket.http.response.start":
             if self.accepted or self.denied:
                 raise ProtocolViolation("websocket.http.response.start after the handshake")
             self._denial_status = int(message["status"])
-            self._denial_headers = [
-                (bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())
-            ]
+            self._denial_headers = header_list(message.get("headers", ()))
         elif kind == "websocket.http.response.body":
             if not self._denial_status:
                 raise ProtocolViolation("websocket.http.response.body before .start")
             await self._deny(
                 self._denial_status,
-                bytes(message.get("body", b"")),
+                octets(message.get("body", b""), "websocket.http.response.body's body"),
                 self._denial_headers,
                 bool(message.get("more_body", False)),
             )
@@ -177,7 +194,7 @@ class WebSocketSession:
         ]
         if message.get("subprotocol"):
             headers.append((b"sec-websocket-protocol", message["subprotocol"].encode()))
-        headers += [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+        headers += header_list(message.get("headers", ()))
         await connection.send(connection.core.informational(101, headers))
         # What the client sent after its upgrade request is WebSocket frames: the
         # framing checks held it back from h11 (as raw bytes) until now.
@@ -227,11 +244,27 @@ class WebSocketSession:
         self.closed = True
         if self.ws.state is ConnectionState.OPEN:
             await self._write(CloseConnection(code=code, reason=why))
+            if self.close_code is None and self._tasks is not None:
+                self._tasks.start_soon(self._close_timeout)
+
+    async def _close_timeout(self) -> None:
+        """Our close frame is out: a peer that neither answers it nor hangs up within
+        --ws-ping-timeout is given up on (as websockets' close_timeout; uvicorn hangs up at
+        once), or an app awaiting websocket.disconnect waited forever."""
+        await self.backend.sleep(self.config.ws_ping_timeout)
+        if self.close_code is None:
+            log.info("WebSocket peer did not answer our close frame; closing")
+            self._peer_gone(1006)
 
     def close_for_restart(self) -> None:
         """Drain timeout reached: tell the client to come back (1012)."""
         if self._tasks is not None and self.accepted and not self.closed:
             self._tasks.start_soon(self._close, 1012, "service restart")
+
+    def client_left(self) -> None:
+        """The sweep saw the client leave before the app answered the handshake (no reader
+        runs yet): receive() says websocket.disconnect rather than wait forever."""
+        self._peer_gone(1006)
 
     def _peer_gone(self, code: int) -> None:
         if self.close_code is None:
@@ -307,12 +340,6 @@ class WebSocketSession:
                 await self._close(1011, "ping timeout")
                 self._peer_gone(1006)
                 return
-
-
-def _message(payload: str | bytes) -> Any:
-    if isinstance(payload, str):
-        return TextMessage(data=payload)
-    return BytesMessage(data=bytes(payload))
 
 
 __all__ = ["WebSocketSession", "is_websocket_upgrade"]

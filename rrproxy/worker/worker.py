@@ -33,9 +33,9 @@ from ..ipc.messages import (
     UserMessage,
 )
 from ..logs import reopen_log_file
-from .asgi import Lifespan, LifespanFailed
 from .backend import CancelScope, Event
 from .calls import CallFailed, CallUnanswered, FrontCalls
+from .lifespan import Lifespan, LifespanFailed
 from .server import WorkerServer
 
 log = logging.getLogger("rrproxy.worker")

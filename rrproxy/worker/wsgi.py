@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ import h11
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from .native_response import internal_error, send_response
-from .wsgi_environ import FileWrapper, WSGIInput, build_environ
+from .wsgi_environ import FileWrapper, WSGIInput, build_environ, file_size, sendfile_offset
 
 if TYPE_CHECKING:
     from .backend import Backend, ThreadPool
@@ -44,8 +45,12 @@ _FILE_CHUNK = 1024 * 1024
 class Exchange:
     """One request's response, handed from the app's thread to the loop."""
 
-    def __init__(self, connection: HTTPConnection, pool: ThreadPool, backend: Backend) -> None:
+    def __init__(
+        self, connection: HTTPConnection, pool: ThreadPool, backend: Backend, head: bool = False
+    ) -> None:
         self.connection = connection
+        #: A HEAD request: a file's size is taken, and the file closed, in the app's thread.
+        self.head = head
         self.pool = pool
         self.backend = backend
         self.lock = threading.Lock()
@@ -54,6 +59,8 @@ class Exchange:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.file: tuple[Any, int] | None = None
+        self.file_size: int | None = None
+        self._file_closed = False
         self.buffered = 0
         self.head_sent = False
         self.done = False
@@ -71,7 +78,9 @@ class Exchange:
         legacy write()."""
         if exc_info is not None:
             with self.lock:
-                if self.head_sent:
+                # Body bytes already written belong to the first head: they must not
+                # go out under the error's (gunicorn sends the head at the first write).
+                if self.head_sent or self.chunks:
                     raise exc_info[1].with_traceback(exc_info[2])
         elif self.status:
             raise RuntimeError("start_response called a second time without exc_info")
@@ -117,8 +126,16 @@ class Exchange:
         try:
             result = app(environ, self.start_response)
             file = getattr(result, "file", None) if isinstance(result, FileWrapper) else None
-            if file is not None and _has_fileno(file) and self.status:
-                self.file = (file, file.tell() if hasattr(file, "tell") else 0)
+            with self.lock:  # (after write() calls, the head is out without a length)
+                fresh = not self.head_sent and not self.chunks
+            offset = sendfile_offset(file) if file is not None and fresh else None
+            if offset is not None and self.status:
+                if self.head or self.status in (204, 304):
+                    # No body goes out: only the size is needed, and close() (PEP 3333;
+                    # Django's sends request_finished) runs below, in this thread.
+                    self.file_size = file_size(file, offset)
+                    return
+                self.file = (file, offset)
                 return
             for chunk in result:
                 self.write(chunk)
@@ -153,9 +170,23 @@ class Exchange:
     async def deliver(self, head: bool) -> bool:
         """Write what the thread produces as it comes; True if the connection may
         carry another request."""
+        try:
+            return await self._deliver(head)
+        finally:
+            if self.file is not None and not self._file_closed:
+                # The file never went out (the head was refused, the client left):
+                # close() is still owed to the app.
+                self._file_closed = True
+                try:
+                    self.file[0].close()
+                except Exception:
+                    log.exception("closing the WSGI app's file raised")
+
+    async def _deliver(self, head: bool) -> bool:
         connection = self.connection
         core = connection.core
         sent_total = 0
+        size: int | None = None
         while True:
             await self._wake.wait()
             with self.lock:
@@ -176,6 +207,12 @@ class Exchange:
                 if first:
                     headers = self.headers
                     chunked = any(k == b"transfer-encoding" for k, _ in headers)
+                    size = file_size(*file) if file is not None else self.file_size
+                    declared = _content_length(headers)
+                    if size is not None and declared is None and self.status not in (204, 304):
+                        headers.append((b"content-length", b"%d" % size))
+                    elif size is not None and declared is not None:
+                        size = min(size, declared)  # as gunicorn: never past its own length
                     if done and error is None and file is None and not chunked:
                         # The common case: the whole response, one write, Content-Length.
                         out = core.response(
@@ -184,8 +221,6 @@ class Exchange:
                         await self._send(out, len(data))
                         connection.finished(self.status, 0 if head else len(data))
                         return True
-                    if file is not None and not any(k == b"content-length" for k, _ in headers):
-                        headers.append((b"content-length", b"%d" % _file_size(*file)))
                     out = core.response(
                         self.status, headers, None, head=head, close=connection.server.draining
                     )
@@ -195,12 +230,15 @@ class Exchange:
                     log.error("WSGI app failed after the head went out: %r", error)
                     if out:
                         await self._send(out, len(data))
+                    sent_total += len(data)
+                    connection.finished(self.status, 0 if head else sent_total)
                     return False  # closing without the end tells the client
                 if done and file is not None:
                     await self._send(out, 0)
                     out = b""
-                    if not head:
-                        sent_total += await self._send_file(*file)
+                    first = False  # the head is out: no 500 can follow any more
+                    count = file_size(*file) if size is None else size
+                    sent_total += await self._send_file(file[0], file[1], count)
                 if done:
                     out += core.end()
             except InvalidResponse as exc:
@@ -228,13 +266,13 @@ class Exchange:
                 self.buffered -= produced
                 self.room.notify_all()
 
-    async def _send_file(self, file: Any, offset: int) -> int:
+    async def _send_file(self, file: Any, offset: int, size: int) -> int:
         io_ = self.connection.io
         assert io_ is not None
-        size = _file_size(file, offset)
         try:
             sent = await io_.sendfile(file, offset, size)
         finally:
+            self._file_closed = True
             await self.pool.run(file.close)
         self.connection.core.sent_elsewhere(sent)
         return sent
@@ -261,18 +299,11 @@ def _format(error: BaseException) -> list[str]:
     return traceback.format_exception(error)
 
 
-def _has_fileno(file: Any) -> bool:
-    try:
-        file.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
-
-
-def _file_size(file: Any, offset: int) -> int:
-    import os
-
-    return max(0, os.fstat(file.fileno()).st_size - offset)
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 class WSGIAdapter:
@@ -283,16 +314,16 @@ class WSGIAdapter:
         self.backend = backend
         self.threads = threads
         self.pool = backend.thread_pool(threads)
-        #: When each running app call started (for the stuck-pool heartbeat rule).
+        #: When each app call started in its thread (time.monotonic(), for the stuck-pool
+        #: heartbeat rule).
         self.running: dict[int, float] = {}
         self._ids = 0
 
     def stuck(self, after: float) -> bool:
         """Every thread has been busy with one request for more than `after` seconds:
         the worker stops its heartbeat so the front can replace it."""
-        if len(self.running) < self.threads:
-            return False
-        return max(self.running.values()) < self.backend.current_time() - after
+        started = list(self.running.values())  # (threads add to it: one C call copies it)
+        return len(started) >= self.threads and max(started) < time.monotonic() - after
 
     async def serve(self, connection: HTTPConnection, request: h11.Request) -> bool:
         """Read up to BUFFERED_BODY bytes of the body on the loop, run the app in a pool thread, and
@@ -313,10 +344,10 @@ class WSGIAdapter:
         except MalformedBody as exc:
             return await connection.send_error(exc.status)
         pool = self.pool
-        more = None if complete else lambda: pool.call_async(connection.read_body_chunk)
+        more = None if complete else lambda: pool.call_async(self._read_more, connection)
         body = WSGIInput(b"".join(parts), more)
         environ = build_environ(connection, request, body, self.threads)
-        exchange = Exchange(connection, pool, self.backend)
+        exchange = Exchange(connection, pool, self.backend, request.method == b"HEAD")
         self._ids += 1
         job = self._ids
         async with self.backend.task_group() as tasks:
@@ -327,12 +358,26 @@ class WSGIAdapter:
                 exchange.cancel()
                 raise
 
+    async def _read_more(self, connection: HTTPConnection) -> bytes | None:
+        """The next piece of the body, for wsgi.input in the app's thread. This runs outside the
+        connection's cancel scope (a task of its own under asyncio; trio does not cancel it
+        either): its own deadline, or a client stalled mid-body held the thread forever."""
+        timeout = connection.server.config.header_timeout
+        with self.backend.move_on_after(timeout):
+            return await connection.read_body_chunk()
+        raise ClientDisconnected(f"no more of the body for {timeout:g} s (--header-timeout)")
+
     async def _run(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
-        self.running[job] = self.backend.current_time()
         try:
-            await self.pool.run(exchange.run_app, self.app, environ)
+            await self.pool.run(self._call, job, exchange, environ)
         finally:
-            del self.running[job]
+            self.running.pop(job, None)
+
+    def _call(self, job: int, exchange: Exchange, environ: dict[str, Any]) -> None:
+        # Timed from here, in the thread: a request waiting for a thread is not running
+        # (counted from its arrival, a stream of newcomers kept a stuck pool looking busy).
+        self.running[job] = time.monotonic()
+        exchange.run_app(self.app, environ)
 
 
 __all__ = ["Exchange", "WSGIAdapter"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -39,6 +41,23 @@ class FileWrapper:
         close = getattr(self.file, "close", None)
         if close is not None:
             close()
+
+
+def sendfile_offset(file: Any) -> int | None:
+    """Where to start sending a regular file from; None for anything else (a pipe, a socket,
+    a BytesIO), which FileWrapper then reads block by block (as gunicorn; a pipe's tell()
+    raised, a 500)."""
+    try:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return None
+        return file.tell() if hasattr(file, "tell") else 0
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def file_size(file: Any, offset: int) -> int:
+    """The bytes of a regular file from `offset` on."""
+    return max(0, os.fstat(file.fileno()).st_size - offset)
 
 
 class WSGIInput(io.RawIOBase):
@@ -184,4 +203,4 @@ def build_environ(
     return environ
 
 
-__all__ = ["FileWrapper", "WSGIInput", "build_environ"]
+__all__ = ["FileWrapper", "WSGIInput", "build_environ", "file_size", "sendfile_offset"]

@@ -222,6 +222,11 @@ class AsyncioBackend:
     def is_cancellation(self, exc: BaseException) -> bool:
         return isinstance(exc, asyncio.CancelledError)
 
+    def stray_cancellation(self, exc: BaseException) -> bool:
+        task = asyncio.current_task()
+        ours = task is None or task.cancelling() > 0
+        return isinstance(exc, asyncio.CancelledError) and not ours
+
     async def _wait(self, sock: Any, writable: bool) -> None:
         loop = asyncio.get_running_loop()
         fd = sock if isinstance(sock, int) else sock.fileno()

@@ -65,6 +65,10 @@ class TrioBackend:
         return isinstance(exc, trio.Cancelled)
 
     @staticmethod
+    def stray_cancellation(exc: BaseException) -> bool:
+        return False
+
+    @staticmethod
     async def wait_readable(sock: FileLike) -> None:
         try:
             await trio.lowlevel.wait_readable(sock)
