@@ -18,7 +18,7 @@ from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
 from .backend import Backend, Event
-from .native_response import internal_error, send_response
+from .native_response import APP_ERRORS, internal_error, send_response
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -35,10 +35,6 @@ ASGIApp = Callable[
 
 class ProtocolViolation(RuntimeError):
     """The app sent ASGI messages out of order or malformed."""
-
-
-#: What an app raises that ends only its request: a sys.exit() must not end the worker.
-APP_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def octets(value: Any, what: str) -> bytes:

@@ -60,7 +60,7 @@ async def run_native(connection: HTTPConnection, request: h11.Request) -> bool:
     except InvalidResponse as exc:
         log.error("%s %s: %s", native.method, native.path, exc)
         response = internal_error(connection, exc)
-    except Exception as exc:
+    except APP_ERRORS as exc:
         log.exception("handler raised for %s %s", native.method, native.path)
         response = internal_error(connection, exc)
     if connection.core.body_broken:
@@ -68,6 +68,11 @@ async def run_native(connection: HTTPConnection, request: h11.Request) -> bool:
         error = connection.core.framing.error
         return await connection.send_error(error.status if error is not None else 400)
     return await send_response(connection, response, request.method == b"HEAD")
+
+
+#: What an app raises that ends only its request: a sys.exit() or KeyboardInterrupt in a
+#: handler must not end the worker and every other request on it (uvicorn answers 500).
+APP_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def internal_error(connection: HTTPConnection, exc: BaseException) -> Response:
@@ -137,7 +142,7 @@ async def _stream_body(connection: HTTPConnection, body: Any, bodiless: bool) ->
         end = core.end()
     except ClientDisconnected:
         raise
-    except Exception:
+    except APP_ERRORS:
         # The head is out: the response cannot be turned into a 500 any more.
         # Closing without the final chunk tells the client it is truncated (also
         # when the body is longer or shorter than the handler's Content-Length).

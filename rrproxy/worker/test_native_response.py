@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from ..config import WorkerConfig
 from ..native import Response
 from .backend import Backend
-from .test_connection import BACKENDS, GET, serve
+from .connection import HTTPConnection
+from .server import WorkerServer
+from .test_connection import BACKENDS, GET, MemoryTransport, serve
 
 BAD_RESPONSES = {
     "non-latin-1 header value": lambda: Response(200, b"ok", [("x-name", "caf\u00e9 \u2603")]),
@@ -66,3 +69,48 @@ def test_the_next_connection_is_served_after_a_bad_response(backend: Backend) ->
     assert [status for status, _, _ in responses] == [500]
     responses, _ = serve(backend, [GET], handler=handler)
     assert [(status, body) for status, _, body in responses] == [(200, b"fine")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("exit_with", [SystemExit(3), KeyboardInterrupt()], ids=repr)
+def test_a_handler_that_exits_gets_a_500_and_the_worker_serves_on(
+    backend: Backend, exit_with: BaseException
+) -> None:
+    async def handler(request: Any) -> Any:
+        if request.path == "/exit":
+            raise exit_with
+        return "fine"
+
+    exits = b"GET /exit HTTP/1.1\r\nHost: x\r\n\r\n"
+    responses, _ = serve(backend, [exits + GET], handler=handler)
+    assert [(status, body) for status, _, body in responses][1:] == [(200, b"fine")]
+    assert responses[0][0] == 500
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_a_streamed_body_that_exits_closes_the_connection(backend: Backend) -> None:
+    async def chunks() -> Any:
+        yield b"part"
+        raise SystemExit(1)
+
+    async def handler(request: Any) -> Any:
+        return Response(200, chunks())
+
+    server = WorkerServer(WorkerConfig(app="test:app", keep_alive=0.3), 1, handler, True, backend)
+
+    async def main() -> MemoryTransport:
+        transport = MemoryTransport(backend, [GET + GET], False)
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        with backend.move_on_after(5):
+            await connection.run(transport)  # type: ignore[arg-type]
+        return transport
+
+    transport = backend.run(main)
+    sent = b"".join(transport.sent)
+    # The head and the first chunk, then the connection closes: no final chunk (the
+    # client sees the body was cut short) and no answer to the second request.
+    assert sent.startswith(b"HTTP/1.1 200 ")
+    assert sent.endswith(b"4\r\npart\r\n")
+    assert sent.count(b"HTTP/1.1") == 1
+    assert transport.closed

@@ -26,8 +26,9 @@ from wsproto.frame_protocol import CloseReason
 
 from ..errors import ClientDisconnected
 from ..protocol.http11 import InvalidResponse
-from .asgi import APP_ERRORS, ProtocolViolation, header_list, http_scope, octets
+from .asgi import ProtocolViolation, header_list, http_scope, octets
 from .backend import Queue, QueueClosed
+from .native_response import APP_ERRORS
 
 if TYPE_CHECKING:
     from .backend import TaskGroup
