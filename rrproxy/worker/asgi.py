@@ -18,7 +18,7 @@ from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
 from .backend import Backend, Event
-from .native_response import APP_ERRORS, internal_error, send_response
+from .native_response import internal_error, is_app_error, send_response
 
 if TYPE_CHECKING:
     from .connection import HTTPConnection
@@ -273,7 +273,7 @@ async def run_http(connection: HTTPConnection, request: h11.Request) -> bool:
         raise
     except BaseException as exc:
         backend = connection.server.backend
-        if not isinstance(exc, APP_ERRORS) and not backend.stray_cancellation(exc):
+        if not is_app_error(backend, exc):
             raise  # the loop's cancellation
         where = f"{request.method.decode()} {request.target.decode('latin-1')}"
         if isinstance(exc, ProtocolViolation):

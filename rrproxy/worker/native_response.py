@@ -17,6 +17,7 @@ from ..protocol.http11 import InvalidResponse as UnsendableResponse
 from ..state.backend import StateFull, StateUnavailable
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .connection import HTTPConnection
 
 log = logging.getLogger("rrproxy.worker")
@@ -60,7 +61,9 @@ async def run_native(connection: HTTPConnection, request: h11.Request) -> bool:
     except InvalidResponse as exc:
         log.error("%s %s: %s", native.method, native.path, exc)
         response = internal_error(connection, exc)
-    except APP_ERRORS as exc:
+    except BaseException as exc:
+        if not is_app_error(server.backend, exc):
+            raise  # the loop's cancellation
         log.exception("handler raised for %s %s", native.method, native.path)
         response = internal_error(connection, exc)
     if connection.core.body_broken:
@@ -73,6 +76,14 @@ async def run_native(connection: HTTPConnection, request: h11.Request) -> bool:
 #: What an app raises that ends only its request: a sys.exit() or KeyboardInterrupt in a
 #: handler must not end the worker and every other request on it (uvicorn answers 500).
 APP_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def is_app_error(backend: Backend, exc: BaseException) -> bool:
+    """Whether `exc`, raised by app code, is the app's error (answered 500 or 1011)
+    rather than the loop's cancellation of its task, which must propagate: one of
+    APP_ERRORS, or an asyncio CancelledError the app raised on its own (a task it
+    cancelled, then awaited) while its task was not being cancelled."""
+    return isinstance(exc, APP_ERRORS) or backend.stray_cancellation(exc)
 
 
 def internal_error(connection: HTTPConnection, exc: BaseException) -> Response:
@@ -142,7 +153,9 @@ async def _stream_body(connection: HTTPConnection, body: Any, bodiless: bool) ->
         end = core.end()
     except ClientDisconnected:
         raise
-    except APP_ERRORS:
+    except BaseException as exc:
+        if not is_app_error(connection.server.backend, exc):
+            raise
         # The head is out: the response cannot be turned into a 500 any more.
         # Closing without the final chunk tells the client it is truncated (also
         # when the body is longer or shorter than the handler's Content-Length).

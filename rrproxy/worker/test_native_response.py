@@ -114,3 +114,23 @@ def test_a_streamed_body_that_exits_closes_the_connection(backend: Backend) -> N
     assert sent.endswith(b"4\r\npart\r\n")
     assert sent.count(b"HTTP/1.1") == 1
     assert transport.closed
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:], ids=lambda b: b.name)  # (asyncio's)
+def test_a_cancelled_error_of_the_handlers_own_is_a_500(backend: Backend) -> None:
+    # A handler that cancels a task and awaits it lets CancelledError out; its own
+    # task is not being cancelled, so it is the handler's error, as for ASGI apps.
+    import asyncio
+
+    async def handler(request: Any) -> Any:
+        if request.path == "/cancels":
+            task = asyncio.ensure_future(asyncio.sleep(10))
+            await asyncio.sleep(0)
+            task.cancel()
+            await task
+        return "fine"
+
+    cancels = b"GET /cancels HTTP/1.1\r\nHost: x\r\n\r\n"
+    responses, _ = serve(backend, [cancels + GET], handler=handler)
+    assert [(status, body) for status, _, body in responses][1:] == [(200, b"fine")]
+    assert responses[0][0] == 500

@@ -28,7 +28,7 @@ from ..errors import ClientDisconnected
 from ..protocol.http11 import InvalidResponse
 from .asgi import ProtocolViolation, header_list, http_scope, octets
 from .backend import Queue, QueueClosed
-from .native_response import APP_ERRORS
+from .native_response import is_app_error
 
 if TYPE_CHECKING:
     from .backend import TaskGroup
@@ -103,7 +103,7 @@ class WebSocketSession:
                 except ClientDisconnected:
                     pass
                 except BaseException as exc:
-                    if not isinstance(exc, APP_ERRORS) and not self.backend.stray_cancellation(exc):
+                    if not is_app_error(self.backend, exc):
                         raise  # the loop's cancellation
                     log.exception("ASGI WebSocket app raised")
                     if self.accepted and not self.closed:
