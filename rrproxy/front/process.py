@@ -175,8 +175,7 @@ class WorkerProcess:
         refused and the socket has not turned writable since. Read from the channel
         itself (its flusher clears it), never a mark of our own: a worker may make
         room without answering anything, and must then get connections again."""
-        channel = self.channel
-        return channel.backlog_since is not None or channel.refused_since is not None
+        return self.channel.blocked_since is not None
 
     @property
     def request_rate(self) -> float:

@@ -40,10 +40,10 @@ def parse_url(url: str) -> dict[str, Any]:
     if not db.isdigit():
         raise ValueError(f"--state {_masked(url)}: the database must be a number")
     try:
-        port = parts.port  # urllib raises ValueError for "abc" and for 99999
+        port = parts.port  # None when not given; ValueError for "abc", "-1" or 99999
     except ValueError:
         port = 0
-    if port == 0 and parts.netloc.rpartition("@")[2].rpartition("]")[2].count(":"):
+    if port == 0:
         raise ValueError(f"--state {_masked(url)}: the port must be a number from 1 to 65535")
     return {
         "host": parts.hostname or "127.0.0.1",
