@@ -116,11 +116,22 @@ class RequestFraming:
     def held(self) -> bytes:
         """After an upgrade request: the raw bytes that followed it (the new
         protocol's), handed over once the upgrade is accepted."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
+        return self._pop(len(self._buffer))
 
     # --- the state machine -------------------------------------------------------
+
+    def _pop(self, size: int) -> bytes:
+        """The first `size` bytes of the buffer (all of it if it holds fewer), taken
+        out of it. The usual read ends where the step does (one whole head, the rest
+        of a body): that is taken whole, without a slice, which would be a copy."""
+        buffer = self._buffer
+        if len(buffer) <= size:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:size])
+            del buffer[:size]
+        return data
 
     def _fail(self, status: int, reason: str) -> None:
         self.error = FramingError(status, reason)
@@ -185,12 +196,7 @@ class RequestFraming:
                     raise FramingError(414, "the request line is longer than the limit")
                 raise FramingError(431, "the request head is larger than the limit")
             return False
-        if stop == len(buffer):  # the usual read: one whole head, nothing after it
-            head = bytes(buffer)
-            buffer.clear()
-        else:
-            head = bytes(buffer[:stop])
-            del buffer[:stop]
+        head = self._pop(stop)
         self._validate_head(head)
         out.append(head)
         return True
@@ -218,13 +224,7 @@ class RequestFraming:
             self._message_done()
 
     def _body(self, out: list[bytes]) -> None:
-        buffer = self._buffer
-        if len(buffer) <= self._remaining:
-            take = bytes(buffer)
-            buffer.clear()
-        else:
-            take = bytes(buffer[: self._remaining])
-            del buffer[: len(take)]
+        take = self._pop(self._remaining)
         self._remaining -= len(take)
         out.append(take)
         if not self._remaining:
@@ -259,8 +259,7 @@ class RequestFraming:
         return True
 
     def _chunk_data(self, out: list[bytes]) -> None:
-        take = bytes(self._buffer[: self._remaining])
-        del self._buffer[: len(take)]
+        take = self._pop(self._remaining)
         self._remaining -= len(take)
         out.append(take)
         if not self._remaining:
