@@ -17,7 +17,7 @@ import h11
 
 from ..errors import BodyTooLarge, MalformedBody
 from .framing import FramingError, RequestFraming
-from .http import error_body, http_date, reason
+from .http import declared_length, error_body, has_header, http_date, reason
 
 #: The request has been read whole (after an Upgrade request, h11 waits in
 #: MIGHT_SWITCH_PROTOCOL until our response says whether it switches).
@@ -132,10 +132,7 @@ class ServerConnection:
     def declared_length(self) -> int | None:
         """The current request's Content-Length (already validated by the framing),
         or None when it has none (chunked, or no body)."""
-        for name, value in self.headers:
-            if name == b"content-length":
-                return int(value)
-        return None
+        return declared_length(self.headers)
 
     def next_body_chunk(self) -> bytes | object | None:
         """The next piece of the body; None at its end; NEED_DATA. Raises
@@ -221,7 +218,7 @@ class ServerConnection:
         if body is not None:
             if self.conn.their_state is h11.SEND_BODY:
                 self.discard_buffered_body()
-            if status not in (204, 304) and not any(k == b"content-length" for k, _ in headers):
+            if status not in (204, 304) and not has_header(headers, b"content-length"):
                 headers.append((b"content-length", b"%d" % len(body)))
         if close or self.framing.holding or (body is not None and self.body_unread):
             # framing.holding: an Upgrade request answered normally. The connection

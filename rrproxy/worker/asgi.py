@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import h11
 
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
+from ..protocol.http import has_header
 from ..protocol.http11 import InvalidResponse
 from ..state.backend import StateFull, StateUnavailable
 from .backend import Backend, Event
@@ -206,7 +207,7 @@ class HTTPCycle:
         first = not self.head_sent
         try:
             if first:
-                whole = not more and not any(k == b"transfer-encoding" for k, _ in self.headers)
+                whole = not more and not has_header(self.headers, b"transfer-encoding")
                 data = core.response(
                     self.status,
                     self.headers,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from ..errors import BodyTooLarge, ClientDisconnected, MalformedBody
+from ..protocol.http import has_header
 from ..protocol.http11 import InvalidResponse
 from .native_response import internal_error, send_response
 from .wsgi_environ import FileWrapper, WSGIInput, build_environ, file_size, sendfile_offset
@@ -206,7 +207,7 @@ class Exchange:
                 out = b""
                 if first:
                     headers = self.headers
-                    chunked = any(k == b"transfer-encoding" for k, _ in headers)
+                    chunked = has_header(headers, b"transfer-encoding")
                     size = file_size(*file) if file is not None else self.file_size
                     declared = _content_length(headers)
                     if size is not None and declared is None and self.status not in (204, 304):
