@@ -11,26 +11,10 @@ import pytest
 
 from .config import ConfigError, default_workers
 from .options import BY_NAME, OPTIONS, coerce
-from .sources import Settings, print_config, resolve
+from .sources import print_config
 
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # No pyproject.toml of the repository, no socket activation of the test runner.
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("LISTEN_FDS", raising=False)
-    monkeypatch.delenv("LISTEN_PID", raising=False)
-    monkeypatch.delenv("RRPROXY_REDIS_PASSWORD", raising=False)
-
-
-def settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
-    return resolve(argv, {} if env is None else env)[0]
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
+# The same clean directory and environment, and helpers, as the config tests.
+from .test_config import _clean, settings, write  # noqa: F401  (_clean: autouse fixture)
 
 # --- where a value comes from -------------------------------------------------------------
 
