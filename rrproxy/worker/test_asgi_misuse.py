@@ -16,7 +16,7 @@ from .asgi import ASGIAdapter
 from .backend import Backend
 from .connection import HTTPConnection
 from .server import WorkerServer
-from .test_connection import BACKENDS, GET, MemoryTransport, serve
+from .test_connection import BACKENDS, GET, MemoryTransport, run_connection, serve
 from .test_websocket import UPGRADE
 
 START = {"type": "http.response.start", "status": 200}
@@ -94,18 +94,9 @@ def session_sending(backend: Backend, message: dict[str, Any]) -> list[Any]:
             sys.exit(0)
         await send(message)
 
-    config = WorkerConfig(app="test:app", ws_ping_interval=0)
-
-    async def main() -> MemoryTransport:
-        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
-        transport = MemoryTransport(backend, [UPGRADE])
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(5):
-            await connection.run(transport)  # type: ignore[arg-type]
-        return transport
-
-    written = b"".join(backend.run(main).sent)
+    transport = MemoryTransport(backend, [UPGRADE])
+    run_connection(backend, transport, app, ASGIAdapter(app), ws_ping_interval=0)
+    written = b"".join(transport.sent)
     head, _, rest = written.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 ")
     client = Connection(ConnectionType.CLIENT)
@@ -145,18 +136,11 @@ def test_an_app_awaiting_disconnect_after_its_close_is_not_held_forever(backend:
         await send({"type": "websocket.close", "code": 1000})
         got.append(await receive())
 
-    config = WorkerConfig(app="test:app", ws_ping_interval=0.2, ws_ping_timeout=0.5)
-
-    async def main() -> bool:
-        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
-        transport = MemoryTransport(backend, [UPGRADE], hold=True)
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(3) as scope:
-            await connection.run(transport)  # type: ignore[arg-type]
-        return scope.cancelled_caught
-
-    assert backend.run(main) is False
+    transport = MemoryTransport(backend, [UPGRADE], hold=True)
+    _, timed_out = run_connection(
+        backend, transport, app, ASGIAdapter(app), 3, ws_ping_interval=0.2, ws_ping_timeout=0.5
+    )
+    assert timed_out is False
     assert got == [{"type": "websocket.disconnect", "code": 1006}]
 
 
@@ -171,17 +155,11 @@ def test_a_response_cut_short_is_still_counted(backend: Backend, after: str) -> 
         if after == "raise":
             raise RuntimeError("mid-body")
 
-    config = WorkerConfig(app="test:app", keep_alive=0.3, header_timeout=0.3)
-
-    async def main() -> dict[int, int]:
-        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(3):
-            await connection.run(MemoryTransport(backend, [GET]))  # type: ignore[arg-type]
-        return server.statuses
-
-    assert backend.run(main) == {200: 1}
+    transport = MemoryTransport(backend, [GET])
+    server, _ = run_connection(
+        backend, transport, app, ASGIAdapter(app), 3, keep_alive=0.3, header_timeout=0.3
+    )
+    assert server.statuses == {200: 1}
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)

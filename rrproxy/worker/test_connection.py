@@ -94,6 +94,33 @@ async def echo(request: Any) -> Any:
     return Response(200, body or request.path.encode(), [("x-method", request.method)])
 
 
+def run_connection(
+    backend: Backend,
+    transport: MemoryTransport,
+    handler: Any = echo,
+    adapter: Any = None,
+    timeout: float = 5.0,
+    **config: Any,
+) -> tuple[WorkerServer, bool]:
+    """Serve one connection over `transport` with a real WorkerServer (its timeouts
+    running) for at most `timeout` seconds: the server, and whether the time ran out."""
+    server_config = WorkerConfig(app="test:app", **config)
+
+    async def main() -> tuple[WorkerServer, bool]:
+        server = WorkerServer(server_config, 1, handler, True, backend, adapter)
+        connection = HTTPConnection(server)
+        server.connection_opened(connection)
+        async with backend.task_group() as tasks:
+            tasks.start_soon(server.timeouts.run)
+            with backend.move_on_after(timeout) as scope:
+                # A test double: no sendfile (unless a subclass has one), client never None.
+                await connection.run(transport)  # type: ignore[arg-type]
+            tasks.cancel()
+        return server, scope.cancelled_caught
+
+    return backend.run(main)
+
+
 def serve(
     backend: Backend,
     pieces: list[bytes],
@@ -102,23 +129,11 @@ def serve(
     adapter: Any = None,
     **config: Any,
 ) -> tuple[list[tuple[int, dict[bytes, bytes], bytes]], MemoryTransport]:
+    """run_connection() with short keep-alive and header timeouts, and the responses
+    it wrote parsed."""
     settings = {"keep_alive": 0.3, "header_timeout": 0.3, **config}
-    server_config = WorkerConfig(app="test:app", **settings)
-
-    async def main() -> MemoryTransport:
-        server = WorkerServer(server_config, 1, handler, True, backend, adapter)
-        transport = MemoryTransport(backend, pieces, hold)
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        async with backend.task_group() as tasks:
-            tasks.start_soon(server.timeouts.run)
-            with backend.move_on_after(5):
-                # A test double: no sendfile (not used here), client never None.
-                await connection.run(transport)  # type: ignore[arg-type]
-            tasks.cancel()
-        return transport
-
-    transport = backend.run(main)
+    transport = MemoryTransport(backend, pieces, hold)
+    run_connection(backend, transport, handler, adapter, **settings)
     return parse_responses(b"".join(transport.sent)), transport
 
 

@@ -10,12 +10,9 @@ from typing import Any
 
 import pytest
 
-from ..config import WorkerConfig
 from ..native import Response
 from .backend import Backend
-from .connection import HTTPConnection
-from .server import WorkerServer
-from .test_connection import BACKENDS, GET, MemoryTransport, serve
+from .test_connection import BACKENDS, GET, MemoryTransport, run_connection, serve
 
 BAD_RESPONSES = {
     "non-latin-1 header value": lambda: Response(200, b"ok", [("x-name", "caf\u00e9 \u2603")]),
@@ -96,17 +93,8 @@ def test_a_streamed_body_that_exits_closes_the_connection(backend: Backend) -> N
     async def handler(request: Any) -> Any:
         return Response(200, chunks())
 
-    server = WorkerServer(WorkerConfig(app="test:app", keep_alive=0.3), 1, handler, True, backend)
-
-    async def main() -> MemoryTransport:
-        transport = MemoryTransport(backend, [GET + GET], False)
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(5):
-            await connection.run(transport)  # type: ignore[arg-type]
-        return transport
-
-    transport = backend.run(main)
+    transport = MemoryTransport(backend, [GET + GET])
+    run_connection(backend, transport, handler, keep_alive=0.3)
     sent = b"".join(transport.sent)
     # The head and the first chunk, then the connection closes: no final chunk (the
     # client sees the body was cut short) and no answer to the second request.

@@ -10,12 +10,9 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
 
-from ..config import WorkerConfig
 from .asgi import ASGIAdapter
 from .backend import Backend
-from .connection import HTTPConnection
-from .server import WorkerServer
-from .test_connection import BACKENDS, MemoryTransport
+from .test_connection import BACKENDS, MemoryTransport, run_connection
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -44,21 +41,11 @@ def run_session(
 
     client = Connection(ConnectionType.CLIENT)
     frames = b"".join(client.send(message) for message in messages) + raw
-    config = WorkerConfig(app="test:app", ws_max_size=LIMIT, ws_ping_interval=0)
-
-    async def main() -> MemoryTransport:
-        # test_connection.serve() without its HTTP parsing of what was written.
-        server = WorkerServer(config, 1, app, True, backend, ASGIAdapter(app))
-        step = -(-len(frames) // pieces)
-        reads = [frames[start : start + step] for start in range(0, len(frames), step)]
-        transport = MemoryTransport(backend, [UPGRADE + reads[0], *reads[1:]])
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(5):
-            await connection.run(transport)  # type: ignore[arg-type]
-        return transport
-
-    written = b"".join(backend.run(main).sent)
+    step = -(-len(frames) // pieces)
+    reads = [frames[start : start + step] for start in range(0, len(frames), step)]
+    transport = MemoryTransport(backend, [UPGRADE + reads[0], *reads[1:]])
+    run_connection(backend, transport, app, ASGIAdapter(app), ws_max_size=LIMIT, ws_ping_interval=0)
+    written = b"".join(transport.sent)
     head, _, rest = written.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 ")
     client.receive_data(rest)

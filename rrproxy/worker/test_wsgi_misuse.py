@@ -14,11 +14,8 @@ from typing import Any
 
 import pytest
 
-from ..config import WorkerConfig
 from .backend import Backend
-from .connection import HTTPConnection
-from .server import WorkerServer
-from .test_connection import BACKENDS, GET, MemoryTransport, serve
+from .test_connection import BACKENDS, GET, MemoryTransport, run_connection, serve
 from .wsgi import BUFFERED_BODY, WSGIAdapter
 
 HEAD = b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -35,21 +32,10 @@ class FileTransport(MemoryTransport):
 
 def written(backend: Backend, pieces: list[bytes], app: Any) -> bytes:
     """Everything the server wrote for `pieces`, raw (HEAD responses included)."""
-    config = WorkerConfig(app="test:app", keep_alive=0.3, header_timeout=0.3)
-
-    async def main() -> MemoryTransport:
-        server = WorkerServer(config, 1, app, True, backend, WSGIAdapter(app, backend, 2))
-        transport = FileTransport(backend, pieces)
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        async with backend.task_group() as tasks:
-            tasks.start_soon(server.timeouts.run)
-            with backend.move_on_after(5):
-                await connection.run(transport)  # type: ignore[arg-type]
-            tasks.cancel()
-        return transport
-
-    return b"".join(backend.run(main).sent)
+    transport = FileTransport(backend, pieces)
+    adapter = WSGIAdapter(app, backend, 2)
+    run_connection(backend, transport, app, adapter, keep_alive=0.3, header_timeout=0.3)
+    return b"".join(transport.sent)
 
 
 def file_app(files: list[Any], headers: list[tuple[str, str]]) -> Any:
@@ -156,17 +142,12 @@ def test_a_response_cut_short_is_still_counted(backend: Backend) -> None:
         time.sleep(0.05)  # (the head goes out first)
         raise RuntimeError("mid-body")
 
-    config = WorkerConfig(app="test:app", keep_alive=0.3, header_timeout=0.3)
-
-    async def main() -> dict[int, int]:
-        server = WorkerServer(config, 1, app, True, backend, WSGIAdapter(app, backend, 1))
-        connection = HTTPConnection(server)
-        server.connection_opened(connection)
-        with backend.move_on_after(3):
-            await connection.run(MemoryTransport(backend, [GET]))  # type: ignore[arg-type]
-        return server.statuses
-
-    assert backend.run(main) == {200: 1}
+    transport = MemoryTransport(backend, [GET])
+    adapter = WSGIAdapter(app, backend, 1)
+    server, _ = run_connection(
+        backend, transport, app, adapter, 3, keep_alive=0.3, header_timeout=0.3
+    )
+    assert server.statuses == {200: 1}
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
