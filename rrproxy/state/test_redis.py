@@ -5,6 +5,7 @@ test_redis_codec.py; the real server is tests/e2e/test_state_redis.py."""
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from .redis import (
     BACKOFF_MAX,
     CONNECT_TIMEOUT,
     POOL_SIZE,
+    RedisBackend,
 )
 from .test_redis_codec import j
 
@@ -130,6 +132,16 @@ async def test_an_unknown_operation_is_refused_without_a_round_trip() -> None:
     assert server.connects == 0
 
 
+def incrementer(redis: RedisBackend) -> tuple[list[int], Callable[[], Awaitable[None]]]:
+    """A call that increments "n", and the list of the values it got back."""
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await redis.request("incr", "n", 1))
+
+    return results, call
+
+
 async def test_concurrent_calls_share_a_bounded_pool(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -156,10 +168,7 @@ async def test_more_callers_than_connections_all_get_an_answer(
     redis, server, _ = client()
     server.delay = 0.01
     count = POOL_SIZE + 2
-    results: list[int] = []
-
-    async def call() -> None:
-        results.append(await redis.request("incr", "n", 1))
+    results, call = incrementer(redis)
 
     with trio.move_on_after(60):
         async with trio.open_nursery() as nursery:
@@ -173,10 +182,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_rest_are_served(
 ) -> None:
     redis, server, _ = client()
     server.delay = 0.01
-    results: list[int] = []
-
-    async def call() -> None:
-        results.append(await redis.request("incr", "n", 1))
+    results, call = incrementer(redis)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -226,10 +232,7 @@ async def test_one_more_caller_than_connections_waits_for_a_slot(
     redis, server, _ = client()
     server.delay = 0.01
     count = POOL_SIZE + 1
-    results: list[int] = []
-
-    async def call() -> None:
-        results.append(await redis.request("incr", "n", 1))
+    results, call = incrementer(redis)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
