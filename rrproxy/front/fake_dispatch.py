@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from ..ipc.channel import WorkerChannel, socketpair
-from ..ipc.messages import NewConn, NewConns
+from ..ipc.messages import NewConn, NewConns, Poll
 from .dispatcher import Dispatcher
 from .policies import Policy, RoundRobin
 from .process import WorkerProcess, WorkerState
@@ -153,3 +153,20 @@ class Pool:
             peer.close()
             self.worker(slot).channel.close()
         assert open_fd_count() == self.baseline, "a descriptor was left open"
+
+
+def fill_with_queue(worker: WorkerProcess) -> int:
+    """The worker stops reading its channel: Polls until one waits in the channel's
+    own queue; how many were sent."""
+    sent = 1
+    while worker.channel.send_nowait(Poll()):
+        sent += 1
+    return sent
+
+
+def fill_socket(worker: WorkerProcess) -> int:
+    """Polls until the socket refuses one (nothing queued); how many went."""
+    sent = 0
+    while worker.channel.try_send(Poll()):
+        sent += 1
+    return sent

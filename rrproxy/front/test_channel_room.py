@@ -16,25 +16,9 @@ from ..ipc.channel import WorkerChannel
 from ..ipc.messages import Poll
 from . import health
 from .dispatcher import HOLD_FOR_ROOM
-from .fake_dispatch import Pool
+from .fake_dispatch import Pool, fill_socket, fill_with_queue
 from .process import WorkerProcess
 from .supervisor import Supervisor
-
-
-def _fill_with_queue(worker: WorkerProcess) -> int:
-    """Polls until one waits in the channel's own queue; how many were sent."""
-    sent = 1
-    while worker.channel.send_nowait(Poll()):
-        sent += 1
-    return sent
-
-
-def _fill_socket(worker: WorkerProcess) -> int:
-    """Polls until the socket refuses one (nothing queued); how many went."""
-    sent = 0
-    while worker.channel.try_send(Poll()):
-        sent += 1
-    return sent
 
 
 async def _read_polls(peer: WorkerChannel, count: int) -> None:
@@ -44,7 +28,7 @@ async def _read_polls(peer: WorkerChannel, count: int) -> None:
         assert isinstance(message, Poll)
 
 
-@pytest.mark.parametrize("fill", [_fill_with_queue, _fill_socket], ids=["queued", "socket"])
+@pytest.mark.parametrize("fill", [fill_with_queue, fill_socket], ids=["queued", "socket"])
 async def test_a_worker_gets_connections_again_once_its_channel_has_room(
     autojump_clock: trio.testing.MockClock, fill: Callable[[WorkerProcess], int]
 ) -> None:
@@ -67,22 +51,26 @@ async def test_a_worker_gets_connections_again_once_its_channel_has_room(
     pool.finish()
 
 
-def _supervisor(worker: WorkerProcess, timeout: float) -> Supervisor:
+def _watched(
+    monkeypatch: pytest.MonkeyPatch, timeout: float
+) -> tuple[Pool, WorkerProcess, Supervisor, list[str]]:
+    """One worker under the health check (what it reads of the supervisor, faked), and
+    a list that says when it would have been killed."""
+    pool = Pool(1)
+    worker = pool.worker(1)
+    killed: list[str] = []
+    monkeypatch.setattr(worker, "kill", lambda: killed.append("killed"))
     config = types.SimpleNamespace(timeout=timeout, handoff_timeout=0.0, max_memory=0)
     slot = types.SimpleNamespace(current=worker, incoming=None)
     fake = types.SimpleNamespace(config=config, slots={worker.slot_id: slot})
-    return cast(Supervisor, fake)
+    return pool, worker, cast(Supervisor, fake), killed
 
 
 async def test_health_does_not_kill_a_worker_whose_full_channel_drained(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool = Pool(1)
-    worker = pool.worker(1)
-    killed: list[str] = []
-    monkeypatch.setattr(worker, "kill", lambda: killed.append("killed"))
-    supervisor = _supervisor(worker, timeout=2.0)
-    sent = _fill_socket(worker)
+    pool, worker, supervisor, killed = _watched(monkeypatch, timeout=2.0)
+    sent = fill_socket(worker)
     pool.accept()  # refused: the channel is full
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.channel.run_flusher)
@@ -100,12 +88,8 @@ async def test_health_does_not_kill_a_worker_whose_full_channel_drained(
 async def test_health_kills_a_worker_that_leaves_its_channel_unread(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool = Pool(1)
-    worker = pool.worker(1)
-    killed: list[str] = []
-    monkeypatch.setattr(worker, "kill", lambda: killed.append("killed"))
-    supervisor = _supervisor(worker, timeout=2.0)
-    _fill_socket(worker)
+    pool, worker, supervisor, killed = _watched(monkeypatch, timeout=2.0)
+    fill_socket(worker)
     pool.accept()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.channel.run_flusher)
@@ -127,7 +111,7 @@ async def test_room_in_the_channel_hands_out_at_once(
     pool = Pool(1)
     worker = pool.worker(1)
     worker.channel.on_room = pool.dispatcher.channel_room  # as the supervisor wires it
-    sent = _fill_socket(worker)
+    sent = fill_socket(worker)
     pool.accept()
     assert pool.queued() == [1]
     async with trio.open_nursery() as nursery:

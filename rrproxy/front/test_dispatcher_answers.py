@@ -13,9 +13,9 @@ import trio
 import trio.testing
 
 from ..fds import close_quietly
-from ..ipc.messages import MAX_BATCH, Poll
+from ..ipc.messages import MAX_BATCH
 from .dispatcher import HOLD_FOR_ROOM, REJECT_PAUSE
-from .fake_dispatch import Pool, open_fd_count
+from .fake_dispatch import Pool, fill_with_queue, open_fd_count
 from .policies import IpHash
 from .process import WorkerState
 
@@ -174,8 +174,7 @@ async def test_a_worker_whose_channel_is_full_is_passed_over(
         nursery.start_soon(pool.dispatcher.run)
         pool.accept()
         assert pool.received(1) == [1]
-        while worker.channel.send_nowait(Poll()):  # worker 1 stops reading its channel
-            pass
+        fill_with_queue(worker)  # worker 1 stops reading its channel
         pool.accept()  # worker 2's turn
         pool.accept()  # worker 1's turn, but its channel is full
         assert worker.channel_full
@@ -191,8 +190,7 @@ async def test_a_worker_whose_channel_is_full_is_passed_over(
 async def test_connections_that_could_not_be_sent_keep_their_order() -> None:
     pool = Pool(2)
     for worker in pool.workers:
-        while worker.channel.send_nowait(Poll()):
-            pass
+        fill_with_queue(worker)
     # Planned 1, 3 for worker 1 and 2, 4 for worker 2; neither channel takes them.
     pool.accept(4)
     assert pool.queued() == [1, 2, 3, 4]
@@ -202,8 +200,7 @@ async def test_connections_that_could_not_be_sent_keep_their_order() -> None:
 
 async def test_a_share_a_full_channel_refused_goes_to_another_worker_at_once() -> None:
     pool = Pool(2)
-    while pool.worker(1).channel.send_nowait(Poll()):
-        pass
+    fill_with_queue(pool.worker(1))
     # Round-robin plans 1 for worker 1 and 2 for worker 2; worker 1's channel refuses.
     pool.accept(2)
     assert pool.queued() == []
@@ -221,8 +218,7 @@ async def test_a_full_batch_that_cannot_be_sent_is_not_lost(how: str) -> None:
     if how == "closed":
         pool.peers[1].close()  # the worker just died
     else:
-        while worker.channel.send_nowait(Poll()):
-            pass
+        fill_with_queue(worker)
     count = MAX_BATCH + 3
     pool.accept(count, client="10.0.0.7")
     dispatcher = pool.dispatcher
